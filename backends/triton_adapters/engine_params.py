@@ -1,0 +1,29 @@
+"""Triton model `parameters` (+ env overrides) -> EngineConfig, built once at initialize()."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from unifiedserve.config import EngineConfig, default_model_path
+
+ADAPTER_KEYS = ("default_max_tokens",)  # read by the adapter itself, not the engine
+
+
+def triton_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
+    params = model_config.get("parameters", {}) or {}
+    return {k: v.get("string_value", "") for k, v in params.items()}
+
+
+def engine_config_from_parameters(params: Mapping[str, str]) -> EngineConfig:
+    """Empty values fall back to defaults; MLLM_MODEL_PATH and MLLM_ENGINE_<KEY> env vars override."""
+    values: dict[str, str] = {k: v for k, v in params.items() if v != "" and k not in ADAPTER_KEYS}
+    for key in list(values) + ["model_path", "policy", "device", "dtype"]:
+        env = os.environ.get(f"MLLM_ENGINE_{key.upper()}")
+        if env:
+            values[key] = env
+    if os.environ.get("MLLM_MODEL_PATH"):
+        values["model_path"] = os.environ["MLLM_MODEL_PATH"]
+    values.setdefault("model_path", default_model_path())
+    return EngineConfig.from_mapping(values)

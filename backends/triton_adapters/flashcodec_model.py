@@ -1,0 +1,82 @@
+"""Triton adapter for the `flashcodec` model: video bytes/URL + sampling -> frames at the model's size.
+
+Text-only requests (no video) get zero frames so the ensemble's next step sees "no video".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from flashcodec import DecoderConfig, SamplingSpec, decode_video
+from flashcodec.source import SourcePolicy, load_video_source
+from triton_adapters.engine_params import triton_parameters
+from triton_adapters.errors import to_triton_error
+from triton_adapters.request_fields import scalar
+from unifiedserve.config import default_model_path
+from unifiedserve.vision import load_vision_spec
+
+INPUTS = ("video_bytes", "video_url", "num_frames", "fps", "max_frames", "start_time", "end_time", "max_pixels")
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        params = triton_parameters(json.loads(args["model_config"]))
+        model_path = os.environ.get("MLLM_MODEL_PATH") or params.get("model_path") or default_model_path()
+        self.vision = load_vision_spec(model_path)
+        max_bytes = int(params.get("max_input_bytes") or 512 * 2**20)
+        self.decoder = DecoderConfig(
+            engine=params.get("engine") or "auto",
+            num_instances=int(params.get("num_instances") or 0),
+            max_input_bytes=max_bytes,
+        )
+        roots = os.environ.get("MLLM_MEDIA_ROOTS") or params.get("media_roots") or ""
+        self.source = SourcePolicy(
+            media_roots=tuple(r for r in roots.split(":") if r),
+            allow_http=(params.get("allow_http") or "false").lower() == "true",
+            max_bytes=max_bytes,
+        )
+
+    def execute(self, requests: list) -> list:
+        return [self._one(request) for request in requests]
+
+    def _one(self, request):
+        try:
+            t = {n: x.as_numpy() for n in INPUTS if (x := pb_utils.get_input_tensor_by_name(request, n)) is not None}
+            raw = t.get("video_bytes")
+            data = load_video_source(raw.reshape(-1)[0] if raw is not None and raw.size else None,
+                                     scalar(t, "video_url", str), self.source)
+            if data is None:
+                return _outputs(np.zeros((0, 0, 0, 3), np.uint8), 0.0, "", np.zeros(0, np.float32))
+            decoded = decode_video(data, self._spec(t), self.decoder)
+            key = f"{decoded.content_hash}:{decoded.frame_indices.tolist()}:{decoded.frames.shape[1:3]}"
+            return _outputs(decoded.frames, decoded.sample_fps, key, decoded.timestamps_s.astype(np.float32))
+        except Exception as exc:  # noqa: BLE001 - every failure becomes this request's error response
+            return pb_utils.InferenceResponse(error=to_triton_error(exc))
+
+    def _spec(self, t: dict) -> SamplingSpec:
+        v = self.vision
+        max_pixels = scalar(t, "max_pixels", int, v.max_pixels)
+        return SamplingSpec(
+            num_frames=scalar(t, "num_frames", int),
+            fps=scalar(t, "fps", float),
+            max_frames=scalar(t, "max_frames", int, SamplingSpec.max_frames),
+            start_time=scalar(t, "start_time", float),
+            end_time=scalar(t, "end_time", float),
+            min_pixels=min(v.min_pixels, max_pixels),
+            max_pixels=min(max_pixels, v.max_pixels) if max_pixels > 0 else v.max_pixels,
+            size_factor=v.size_factor,
+            frame_factor=v.temporal_patch_size,
+        )
+
+
+def _outputs(frames: np.ndarray, sample_fps: float, key: str, timestamps: np.ndarray):
+    return pb_utils.InferenceResponse(output_tensors=[
+        pb_utils.Tensor("frames", np.ascontiguousarray(frames, dtype=np.uint8)),
+        pb_utils.Tensor("sample_fps", np.array([sample_fps], dtype=np.float32)),
+        pb_utils.Tensor("video_key", np.array([key.encode()], dtype=np.object_)),
+        pb_utils.Tensor("frame_timestamps", timestamps),
+    ])

@@ -1,0 +1,155 @@
+"""Triton adapter for the decoupled `unifiedserve` model (the vllm_backend pattern).
+
+execute() parses and preprocesses each request, hands it to the EngineLoop thread and returns None.
+A response thread sends deltas (or one final response), a watcher polls cancellation. Every request
+gets exactly one FINAL response: text, an error, or CANCELLED.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import queue
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from triton_adapters.engine_params import engine_config_from_parameters, triton_parameters
+from triton_adapters.errors import cancelled_error, to_triton_error
+from triton_adapters.request_fields import parse_generate_request, scalar
+from unifiedserve import Engine, GenerationInput, VideoInput
+from unifiedserve.engine_loop import EngineLoop
+from unifiedserve.outputs import RequestOutput
+
+TENSOR_INPUTS = ("text_input", "frames", "sample_fps", "video_key", "max_tokens", "temperature", "top_p", "top_k",
+                 "seed", "stop", "stream", "priority", "ttft_slo_ms", "tpot_slo_ms")
+CANCEL_POLL_S = 0.1
+
+
+@dataclass
+class InFlight:
+    request_id: str
+    triton_request: object
+    sender: object
+    stream: bool
+    texts: list[str] = field(default_factory=list)
+    cancelled: bool = False
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        model_config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(model_config):
+            raise pb_utils.TritonModelException("unifiedserve must be decoupled (model_transaction_policy)")
+        params = triton_parameters(model_config)
+        self.default_max_tokens = int(params.get("default_max_tokens") or 256)
+        self.logger = pb_utils.Logger
+        self.engine = Engine(engine_config_from_parameters(params))
+        self.loop = EngineLoop(self.engine)
+        self.logger.log_info(f"unifiedserve ready: {self.engine.config}")
+        self._ids = itertools.count()
+        self._in_flight: dict[str, InFlight] = {}
+        self._lock = threading.Lock()
+        self._responses: queue.Queue = queue.Queue()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._response_loop, daemon=True, name="responses"),
+                         threading.Thread(target=self._cancel_watch, daemon=True, name="cancel-watch")]
+        for t in self._threads:
+            t.start()
+
+    def execute(self, requests: list) -> None:
+        for request in requests:
+            self._submit(request)
+        return None
+
+    def finalize(self) -> None:
+        self.loop.shutdown()  # fails what is still in flight with UNAVAILABLE
+        self._responses.put(None)
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+
+    # ------------------------------------------------------------------------------------------
+    def _submit(self, request) -> None:
+        sender = request.get_response_sender()
+        request_id = f"{request.request_id() or 'req'}-{next(self._ids)}"
+        try:
+            tensors = _tensors(request)
+            parameters = json.loads(request.parameters() or "{}")
+            parsed = parse_generate_request(tensors, parameters, self.default_max_tokens)
+            frames = tensors.get("frames")
+            videos = ()
+            if frames is not None and frames.size > 0:
+                videos = (VideoInput(frames, scalar(tensors, "sample_fps", float, 2.0),
+                                     scalar(tensors, "video_key", str)),)
+            engine_request = self.engine.make_request(
+                request_id, GenerationInput(text=parsed.text, videos=videos), parsed.sampling,
+                parsed.priority, parsed.ttft_slo_ms, parsed.tpot_slo_ms)
+            state = InFlight(request_id, request, sender, parsed.stream)
+            with self._lock:
+                self._in_flight[request_id] = state
+            self.loop.submit(engine_request, lambda out, s=state: self._responses.put((s, out)))
+        except Exception as exc:  # noqa: BLE001 - every failure becomes this request's error response
+            with self._lock:
+                self._in_flight.pop(request_id, None)
+            sender.send(pb_utils.InferenceResponse(error=to_triton_error(exc)),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _response_loop(self) -> None:
+        while True:
+            item = self._responses.get()
+            if item is None:
+                return
+            state, out = item
+            try:
+                self._send(state, out)
+            except Exception as exc:  # noqa: BLE001 - a client that went away must not stop the loop
+                self.logger.log_warn(f"sending a response for {state.request_id} failed: {exc}")
+            if out.finished:
+                with self._lock:
+                    self._in_flight.pop(state.request_id, None)
+
+    def _send(self, state: InFlight, out: RequestOutput) -> None:
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        if out.error is not None or (out.finish_reason == "abort" and state.cancelled):
+            error = cancelled_error() if state.cancelled else to_triton_error(out.error)
+            state.sender.send(pb_utils.InferenceResponse(error=error), flags=final)
+            return
+        if state.stream:
+            if out.text_delta or out.finished:
+                state.sender.send(_response(out.text_delta, out), flags=final if out.finished else 0)
+            return
+        state.texts.append(out.text_delta)
+        if out.finished:
+            state.sender.send(_response("".join(state.texts), out), flags=final)
+
+    def _cancel_watch(self) -> None:
+        while not self._stop.wait(CANCEL_POLL_S):
+            with self._lock:
+                states = list(self._in_flight.values())
+            for state in states:
+                if not state.cancelled and state.sender.is_cancelled():
+                    state.cancelled = True
+                    self.loop.abort(state.request_id)
+
+
+def _tensors(request) -> dict[str, np.ndarray]:
+    out = {}
+    for name in TENSOR_INPUTS:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is not None:
+            out[name] = tensor.as_numpy()
+    return out
+
+
+def _response(text: str, out: RequestOutput):
+    return pb_utils.InferenceResponse(output_tensors=[
+        pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_)),
+        pb_utils.Tensor("finish_reason", np.array([(out.finish_reason or "").encode()], dtype=np.object_)),
+        pb_utils.Tensor("num_input_tokens", np.array([out.num_prompt_tokens], dtype=np.uint32)),
+        pb_utils.Tensor("num_output_tokens", np.array([out.num_output_tokens], dtype=np.uint32)),
+    ])
+
+

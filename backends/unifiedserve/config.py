@@ -1,0 +1,74 @@
+"""Engine configuration: built once (from Triton `parameters`, env, or code), never mutated."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+POLICIES = ("unified", "blocking", "fcfs")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_path: str
+    dtype: str = "auto"  # "auto": bfloat16 on GPU, float32 on CPU
+    device: str = "auto"  # "auto": cuda if available, else cpu
+    seed: int = 0
+
+    # Scheduling budgets (vLLM names).
+    max_num_seqs: int = 16  # requests running at once
+    max_num_batched_tokens: int = 2048  # LLM tokens per step (decode + prefill chunks)
+    encoder_budget_tokens: int = 4096  # vision tokens (after merge) encoded per step
+    max_model_len: int = 0  # 0: the model's max_position_embeddings
+    max_waiting_requests: int = 256  # admission queue bound: beyond it requests get UNAVAILABLE
+    policy: str = "unified"
+
+    # Paged KV cache.
+    block_size: int = 16
+    num_kv_blocks: int = 0  # 0: derive from kv_cache_memory_bytes
+    kv_cache_memory_bytes: int = 256 * 2**20  # CPU default; on GPU derive from free memory (later)
+
+    # Limits on what one request may ask for.
+    max_tokens_limit: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "encoder_budget_tokens", "block_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], **overrides: Any) -> EngineConfig:
+        """Build from string key/values (Triton `parameters`, env); unknown keys are an error, not ignored."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, raw in {**values, **overrides}.items():
+            if key not in fields:
+                raise ValueError(f"unknown engine parameter {key!r}; known: {sorted(fields)}")
+            kwargs[key] = _coerce(raw, fields[key].type)
+        return cls(**kwargs)
+
+
+def _coerce(raw: Any, type_name: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    if type_name in ("int", int):
+        return int(raw)
+    if type_name in ("float", float):
+        return float(raw)
+    if type_name in ("bool", bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return raw
+
+
+def default_model_path() -> str:
+    """The checkpoint folder: $MLLM_MODEL_PATH, else the generated tiny model of this repository."""
+    env = os.environ.get("MLLM_MODEL_PATH")
+    if env:
+        return env
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.path.join(repo, "artifacts", "models", "tiny-qwen2.5-vl")

@@ -1,0 +1,125 @@
+"""The engine: step() = schedule -> run -> post-process (nano-vllm shape), plus the offline generate() API.
+
+Single-threaded by design: one thread owns an Engine. `make_request` is the exception (pure, read-only,
+safe from any thread) so that preprocessing happens outside the loop; `engine_loop.EngineLoop` drives an
+Engine from a background thread for servers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+
+import torch
+
+from unifiedserve.block_manager import BlockManager
+from unifiedserve.config import EngineConfig
+from unifiedserve.errors import InvalidRequestError
+from unifiedserve.input_processor import InputProcessor
+from unifiedserve.inputs import GenerationInput
+from unifiedserve.model_loader import load_model
+from unifiedserve.model_runner import ModelRunner
+from unifiedserve.output_processor import OutputProcessor
+from unifiedserve.outputs import CompletionOutput, RequestOutput
+from unifiedserve.request import Request, RequestStatus
+from unifiedserve.sampler import Sampler
+from unifiedserve.sampling_params import SamplingParams
+from unifiedserve.scheduler import Scheduler, SchedulerOutput
+
+
+class Engine:
+    def __init__(self, config: EngineConfig) -> None:
+        torch.manual_seed(config.seed)
+        self.config = config
+        loaded = load_model(config.model_path, config.device, config.dtype)
+        self.tokenizer = loaded.tokenizer
+        self.runner = ModelRunner(config, loaded)
+        text_cfg = loaded.model.config.text_config
+        self.max_model_len = config.max_model_len or text_cfg.max_position_embeddings
+        self.blocks = BlockManager(self.runner.num_kv_blocks, config.block_size)
+        self.scheduler = Scheduler(config, self.blocks)
+        self.sampler = Sampler(config.seed)
+        self.outputs = OutputProcessor(loaded.tokenizer)
+        self.processor = InputProcessor(
+            loaded.tokenizer, loaded.model.config, loaded.vision, loaded.model.model.get_rope_index,
+            self.max_model_len, config.max_tokens_limit, loaded.eos_token_ids,
+        )
+        self.vision = loaded.vision
+        self.requests: dict[str, Request] = {}
+        self._ids = itertools.count()
+        self.num_steps = 0
+
+    # ---- admission (make_request is thread-safe; add/abort belong to the engine thread) -------
+    def make_request(self, request_id: str, gen_input: GenerationInput, params: SamplingParams,
+                     priority: int = 0, ttft_slo_ms: float | None = None, tpot_slo_ms: float | None = None) -> Request:
+        req = self.processor.process(request_id, gen_input, params, priority, ttft_slo_ms, tpot_slo_ms)
+        if not self.blocks.fits_ever(req.num_prompt_tokens + 1):
+            raise InvalidRequestError(
+                f"prompt of {req.num_prompt_tokens} tokens can never fit the KV cache "
+                f"({self.blocks.num_blocks * self.blocks.block_size} tokens)"
+            )
+        return req
+
+    def add_request(self, req: Request) -> None:
+        if req.request_id in self.requests:
+            raise InvalidRequestError(f"request id {req.request_id!r} is already running")
+        req.arrival_time = min(req.arrival_time, time.monotonic())
+        self.requests[req.request_id] = req
+        self.scheduler.add(req)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return None
+        self.scheduler.finish(req, RequestStatus.FINISHED_ABORTED)
+        self._release(req)
+        return RequestOutput(request_id, finished=True, finish_reason="abort",
+                             num_prompt_tokens=req.num_prompt_tokens, num_output_tokens=req.num_output_tokens)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        plan = self.scheduler.schedule()
+        logits = self.runner.execute(plan)
+        return self._postprocess(plan, logits)
+
+    def _postprocess(self, plan: SchedulerOutput, logits: torch.Tensor) -> list[RequestOutput]:
+        self.num_steps += 1
+        self.scheduler.update_from_output(plan)
+        sampling = [c.request for c in plan.chunks if c.samples]
+        outputs = []
+        for req, token in zip(sampling, self.sampler.sample(logits, sampling) if sampling else [], strict=False):
+            out = self.outputs.append_token(req, token)
+            if out.finished:
+                self.scheduler.finish(req, req.status)
+                self.requests.pop(req.request_id, None)
+                self._release(req)
+            outputs.append(out)
+        return outputs
+
+    def _release(self, req: Request) -> None:
+        self.sampler.release(req.request_id)
+        self.outputs.release(req.request_id)
+
+    # ---- offline API ---------------------------------------------------------------------------
+    def generate(self, inputs: Sequence[GenerationInput], params: SamplingParams | Sequence[SamplingParams]
+                 ) -> list[CompletionOutput]:
+        """Run all prompts to completion with continuous batching; results in input order."""
+        params_list = [params] * len(inputs) if isinstance(params, SamplingParams) else list(params)
+        reqs = [self.make_request(f"gen-{next(self._ids)}", x, p) for x, p in zip(inputs, params_list, strict=False)]
+        texts: dict[str, list[str]] = {r.request_id: [] for r in reqs}
+        for r in reqs:
+            self.add_request(r)
+        while any(not r.status.finished for r in reqs):
+            for out in self.step():
+                if out.request_id in texts:
+                    texts[out.request_id].append(out.text_delta)
+        return [
+            CompletionOutput(r.request_id, list(r.prompt_token_ids), list(r.output_token_ids),
+                             "".join(texts[r.request_id]), r.finish_reason, r.arrival_time,
+                             r.first_token_time, r.finish_time)
+            for r in reqs
+        ]

@@ -1,0 +1,75 @@
+"""Load an HF Qwen2-VL / Qwen2.5-VL checkpoint folder (the generated tiny model or a real one)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoConfig, AutoTokenizer
+
+from unifiedserve.errors import EngineError
+from unifiedserve.paged_attention import ATTN_IMPLEMENTATION
+from unifiedserve.vision import VisionSpec, load_vision_spec
+
+SUPPORTED = {
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    vision: VisionSpec
+    eos_token_ids: frozenset[int]
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_model(model_path: str, device_name: str = "auto", dtype_name: str = "auto") -> LoadedModel:
+    if not os.path.isdir(model_path):
+        raise EngineError(
+            f"model folder {model_path!r} does not exist (set MLLM_MODEL_PATH or run scripts/bootstrap.sh)"
+        )
+    config = AutoConfig.from_pretrained(model_path)
+    if config.model_type not in SUPPORTED:
+        raise EngineError(f"model type {config.model_type!r} is not supported; supported: {sorted(SUPPORTED)}")
+    import transformers
+
+    cls = getattr(transformers, SUPPORTED[config.model_type])
+    device = resolve_device(device_name)
+    dtype = resolve_dtype(dtype_name, device)
+    model = cls.from_pretrained(model_path, dtype=dtype)
+    # The LLM's attention reads/writes our paged cache; the vision tower keeps plain SDPA.
+    model.set_attn_implementation({"text_config": ATTN_IMPLEMENTATION, "vision_config": "sdpa"})
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    vision = load_vision_spec(model_path)
+    return LoadedModel(model, tokenizer, vision, _eos_ids(model_path, tokenizer), device, dtype)
+
+
+def _eos_ids(model_path: str, tokenizer) -> frozenset[int]:
+    ids: set[int] = set()
+    path = os.path.join(model_path, "generation_config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            eos = json.load(f).get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)

@@ -1,0 +1,91 @@
+"""Paged KV cache + the attention function the HF Qwen layers call (registered in AttentionInterface).
+
+The HF decoder layers stay as they are: each attention module calls `paged_attention_forward` with this
+step's packed queries/keys/values ([1, heads, num_tokens, head_dim], all requests concatenated). It writes
+the new K/V into the request's blocks and attends over each request's whole context. Step metadata is
+set once per forward through `forward_context` (vLLM's pattern) rather than threaded through HF kwargs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+ATTN_IMPLEMENTATION = "unifiedserve_paged"
+
+
+@dataclass
+class AttentionMetadata:
+    slot_mapping: torch.Tensor  # [num_tokens] flat cache slot of each new token
+    query_starts: list[int]  # cu_seqlens of the packed queries, len = num_seqs + 1
+    context_slots: list[torch.Tensor]  # per sequence: slots of its whole context (cached + new)
+
+
+class PagedKVCache:
+    """One preallocated pool: [layers, num_blocks * block_size, kv_heads, head_dim] for K and for V."""
+
+    def __init__(self, num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        shape = (num_layers, num_blocks * block_size, num_kv_heads, head_dim)
+        self.key = torch.zeros(shape, dtype=dtype, device=device)
+        self.value = torch.zeros(shape, dtype=dtype, device=device)
+        self.block_size = block_size
+
+    @staticmethod
+    def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        return 2 * num_layers * block_size * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+    def slots(self, block_ids: list[int], start: int, end: int, device: torch.device) -> torch.Tensor:
+        idx = torch.arange(start, end, device=device)
+        table = torch.tensor(block_ids, dtype=torch.long, device=device)
+        return table[idx // self.block_size] * self.block_size + idx % self.block_size
+
+
+_state = threading.local()
+
+
+@contextmanager
+def forward_context(cache: PagedKVCache, meta: AttentionMetadata) -> Iterator[None]:
+    _state.cache, _state.meta = cache, meta
+    try:
+        yield
+    finally:
+        _state.cache = _state.meta = None
+
+
+def paged_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attention_mask: torch.Tensor | None, scaling: float | None = None, **kwargs):
+    cache: PagedKVCache = _state.cache
+    meta: AttentionMetadata = _state.meta
+    layer = module.layer_idx
+    k_pool, v_pool = cache.key[layer], cache.value[layer]
+    k_pool.index_copy_(0, meta.slot_mapping, key[0].transpose(0, 1).to(k_pool.dtype))
+    v_pool.index_copy_(0, meta.slot_mapping, value[0].transpose(0, 1).to(v_pool.dtype))
+
+    num_heads, num_tokens, head_dim = query.shape[1], query.shape[2], query.shape[3]
+    out = query.new_empty(num_tokens, num_heads, head_dim)
+    for i, ctx_slots in enumerate(meta.context_slots):
+        qs, qe = meta.query_starts[i], meta.query_starts[i + 1]
+        q = query[:, :, qs:qe, :]
+        k = k_pool[ctx_slots].transpose(0, 1).unsqueeze(0)  # [1, kv_heads, ctx, head_dim]
+        v = v_pool[ctx_slots].transpose(0, 1).unsqueeze(0)
+        n_q, n_ctx = qe - qs, ctx_slots.numel()
+        mask, causal = None, False
+        if n_q > 1 and n_q == n_ctx:
+            causal = True
+        elif n_q > 1:  # a later prefill chunk: query i sees the cached prefix and new tokens up to itself
+            q_pos = torch.arange(n_ctx - n_q, n_ctx, device=q.device)
+            mask = torch.arange(n_ctx, device=q.device)[None, :] <= q_pos[:, None]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scaling,
+                                           enable_gqa=k.shape[1] != q.shape[1])
+        out[qs:qe] = o[0].transpose(0, 1)
+    return out.unsqueeze(0), None
+
+
+AttentionInterface.register(ATTN_IMPLEMENTATION, paged_attention_forward)

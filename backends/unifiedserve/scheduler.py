@@ -1,0 +1,222 @@
+"""The scheduler: turns request state into a plan for one step (plain data); it runs nothing.
+
+Order within a step (DESIGN.md 5): decode tokens of every running request first (never skipped),
+then encoder slices and prefill chunks of requests in urgency order, under explicit budgets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from unifiedserve.block_manager import BlockManager
+from unifiedserve.config import EngineConfig
+from unifiedserve.policy import Policy
+from unifiedserve.request import Request, RequestStatus, VideoItem
+
+
+@dataclass
+class EncoderWork:
+    request: Request
+    video: VideoItem
+    group_start: int
+    group_end: int
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.group_end - self.group_start) * self.video.tokens_per_group
+
+
+@dataclass
+class TokenChunk:
+    request: Request
+    start: int
+    end: int
+
+    @property
+    def num_tokens(self) -> int:
+        return self.end - self.start
+
+    @property
+    def samples(self) -> bool:
+        """The chunk reaches the last known token, so its last position produces the next token."""
+        return self.end == self.request.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    chunks: list[TokenChunk] = field(default_factory=list)
+    encoder_work: list[EncoderWork] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.chunks)
+
+    @property
+    def num_encoder_tokens(self) -> int:
+        return sum(w.num_tokens for w in self.encoder_work)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.chunks and not self.encoder_work
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, block_manager: BlockManager) -> None:
+        self.config = config
+        self.blocks = block_manager
+        self.policy = Policy(config.policy)
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+
+    # ---- membership -------------------------------------------------------------------------
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def finish(self, request: Request, status: RequestStatus) -> None:
+        request.status = status
+        self.blocks.free(request)
+        for item in request.videos:
+            item.embeddings = None
+        if request in self.running:
+            self.running.remove(request)
+        if request in self.waiting:
+            self.waiting.remove(request)
+
+    # ---- planning ---------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        token_budget = self.config.max_num_batched_tokens
+        self.running.sort(key=self.policy.key)
+        self.waiting.sort(key=self.policy.key)
+
+        # 1. Decode: one token for every decoding request, most urgent first; preempt the least urgent
+        #    when blocks run out (never skip a decode to make room for prefill).
+        scheduled: set[str] = set()
+        for req in list(self.running):
+            if req.status != RequestStatus.RUNNING or not req.is_decoding:
+                continue
+            while not self.blocks.allocate(req, 1):
+                victim = self._least_urgent_running(exclude=scheduled)
+                self._preempt(victim, out)
+                if victim is req:
+                    break
+            else:
+                out.chunks.append(TokenChunk(req, req.num_computed_tokens, req.num_computed_tokens + 1))
+                scheduled.add(req.request_id)
+                token_budget -= 1
+
+        # 2. Encoder slices and prefill chunks: running requests still in prefill, then waiting ones.
+        encoder_budget = self.config.encoder_budget_tokens
+        prefilling = [r for r in self.running if r.request_id not in scheduled]
+        candidates = prefilling + list(self.waiting)
+        slots = self.config.max_num_seqs - len(self.running)
+        for req in candidates:
+            is_new = req.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED)
+            if is_new and slots <= 0:
+                break
+            encoder_budget -= self._schedule_encoder(req, encoder_budget, out)
+            if token_budget <= 0:
+                continue
+            planned = self._planned_groups(req, out)
+            limit = min(req.num_tokens, _visual_limit(req, planned))
+            n = min(limit - req.num_computed_tokens, token_budget)
+            n = min(n, self._room_for(req))
+            if n <= 0:
+                continue
+            self.blocks.allocate(req, n)
+            out.chunks.append(TokenChunk(req, req.num_computed_tokens, req.num_computed_tokens + n))
+            token_budget -= n
+            if is_new:
+                self.waiting.remove(req)
+                self.running.append(req)
+                req.status = RequestStatus.RUNNING
+                slots -= 1
+        self._check_budgets(out)
+        return out
+
+    def update_from_output(self, out: SchedulerOutput) -> None:
+        """Advance progress counters after the runner executed `out`."""
+        for work in out.encoder_work:
+            work.video.num_encoded_groups = max(work.video.num_encoded_groups, work.group_end)
+        for chunk in out.chunks:
+            chunk.request.num_computed_tokens = chunk.end
+            # Embeddings of a video are dropped once its last token is in the KV cache.
+            for item in chunk.request.videos:
+                if item.embeddings is not None and chunk.end >= item.end:
+                    item.embeddings = None
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def _schedule_encoder(self, req: Request, budget: int, out: SchedulerOutput) -> int:
+        """Plan encoder slices for `req`; returns the encoder tokens used. A slice is >= 1 temporal group
+        so that a video whose single group exceeds the budget still makes progress (on an empty budget)."""
+        used = 0
+        for item in req.videos:
+            if item.fully_encoded:
+                continue
+            remaining = item.num_groups - item.num_encoded_groups
+            if not self.policy.slices_encoder:
+                groups = remaining  # blocking: the whole video in this step, budget or not
+            else:
+                fit = (budget - used) // item.tokens_per_group
+                if fit <= 0 and used == 0 and budget == self.config.encoder_budget_tokens:
+                    fit = 1
+                groups = min(remaining, fit)
+            if groups <= 0:
+                break
+            start = item.num_encoded_groups
+            out.encoder_work.append(EncoderWork(req, item, start, start + groups))
+            used += groups * item.tokens_per_group
+            if groups < remaining:
+                break  # later videos of this prompt wait for this one (prefill consumes in order)
+        return used
+
+    @staticmethod
+    def _planned_groups(req: Request, out: SchedulerOutput) -> dict[int, int]:
+        return {id(w.video): w.group_end for w in out.encoder_work if w.request is req}
+
+    def _room_for(self, req: Request) -> int:
+        """How many more tokens fit into `req`'s blocks plus all free blocks."""
+        capacity = (len(req.block_ids) + self.blocks.num_free_blocks) * self.blocks.block_size
+        return capacity - req.num_computed_tokens
+
+    def _least_urgent_running(self, exclude: set[str]) -> Request:
+        for req in reversed(self.running):
+            if req.request_id not in exclude:
+                return req
+        return self.running[-1]
+
+    def _preempt(self, req: Request, out: SchedulerOutput) -> None:
+        """Recompute-style preemption: free the KV blocks, go back to waiting, keep generated tokens."""
+        self.blocks.free(req)
+        req.num_computed_tokens = 0
+        req.num_preemptions += 1
+        req.status = RequestStatus.PREEMPTED
+        for item in req.videos:
+            if item.embeddings is None and item.fully_encoded:
+                item.num_encoded_groups = 0  # embeddings were dropped after use: encode again
+        self.running.remove(req)
+        self.waiting.insert(0, req)
+        out.preempted.append(req)
+        out.chunks = [c for c in out.chunks if c.request is not req]
+
+    def _check_budgets(self, out: SchedulerOutput) -> None:
+        decodes = sum(1 for c in out.chunks if c.num_tokens == 1 and c.request.num_output_tokens > 0)
+        assert out.num_batched_tokens <= max(self.config.max_num_batched_tokens, decodes), "token budget exceeded"
+        assert len(self.running) <= self.config.max_num_seqs, "max_num_seqs exceeded"
+        if self.policy.slices_encoder:
+            largest_group = max((w.video.tokens_per_group for w in out.encoder_work), default=0)
+            assert out.num_encoder_tokens <= max(self.config.encoder_budget_tokens, largest_group), (
+                "encoder budget exceeded"
+            )
+
+
+def _visual_limit(req: Request, planned: dict[int, int]) -> int:
+    for item in req.videos:
+        groups = max(item.num_encoded_groups, planned.get(id(item), 0))
+        if groups < item.num_groups:
+            return item.offset + groups * item.tokens_per_group
+    return req.num_tokens
