@@ -1,0 +1,234 @@
+"""CPU decode engine: FFmpeg through PyAV, one container per decoder instance, instances on threads.
+
+Each instance decodes its runs (plan.py) in decode order: position the demuxer at the run's keyframe,
+decode packets through the run's last sampled frame, drain the decoder (it holds frames back for
+B-frame reordering), keep only the sampled frames — identified by pts. PyAV releases the GIL while
+FFmpeg works, so K threads decode K GOPs at once.
+
+Correctness first: if a seek lands after the keyframe we need, the instance re-reads from the start
+of the stream (demux only, no decoding) to it; if a wanted frame still does not come out (a decoder
+that drops frames it cannot reconstruct after a jump), the instance decodes it again from the previous
+keyframe, then from the start of the stream, then gives up with a VideoDecodeError. Frames are
+therefore bit-identical to a sequential full decode. Packets FFmpeg rejects as invalid data are
+skipped (as the ffmpeg CLI does), so one damaged packet does not fail a whole request unless a
+sampled frame cannot be produced.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+from .engines import DecodeResult
+from .errors import VideoDecodeError
+from .index import OPEN_OPTIONS, VideoIndex
+from .plan import Segment, earlier_start, merge_runs, plan_decode, segments_for
+from .resize import resize_frames
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(num_instances: int) -> ThreadPoolExecutor:
+    """One shared pool per instance count: K instances serve all requests, so concurrent requests
+    queue for decoders instead of oversubscribing the cores."""
+    with _pools_lock:
+        pool = _pools.get(num_instances)
+        if pool is None:
+            pool = _pools[num_instances] = ThreadPoolExecutor(num_instances,
+                                                              thread_name_prefix="flashcodec-pyav")
+        return pool
+
+
+class _Misaligned(Exception):
+    """Packets after a seek do not match the index (should not happen; handled by re-reading)."""
+
+
+class _Reader:
+    """One instance's container on the bytes, able to hand out packets from any decode index."""
+
+    def __init__(self, data: bytes, index: VideoIndex, codec_threads: int) -> None:
+        self._data, self._index, self._codec_threads = data, index, codec_threads
+        self._container: av.container.InputContainer | None = None
+        self.reopen()
+
+    def reopen(self) -> None:
+        self.close()
+        self._container = av.open(io.BytesIO(self._data), mode="r", options=OPEN_OPTIONS)
+        self.stream = self._container.streams[self._index.stream_index]
+        ctx = self.stream.codec_context
+        ctx.thread_count = self._codec_threads
+        ctx.thread_type = "AUTO" if self._codec_threads > 1 else "SLICE"
+        self._fresh = True  # demuxer at the start, decoder unused
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+    def packets(self, start: int, linear: bool = False) -> Iterator[tuple[int, av.Packet]]:
+        """(decode index, packet) from decode index ``start`` on; ``linear``: never seek."""
+        source = None
+        if not linear and (start > 0 or not self._fresh):
+            source = self._seek(start)
+        if source is None:  # no usable seek: read from the beginning (demux only up to start)
+            if not self._fresh:
+                self.reopen()
+            source = self._numbered(self._demux(), 0)
+        self._fresh = False
+        for decode_idx, packet in source:
+            if decode_idx >= start:
+                yield decode_idx, packet
+
+    def _demux(self) -> Iterator[av.Packet]:
+        return (p for p in self._container.demux(self.stream) if p.size > 0)
+
+    def _decode_index_of(self, pts: int | None) -> int | None:
+        pos = int(np.searchsorted(self._index.pts, pts)) if pts is not None else -1
+        if 0 <= pos < self._index.num_frames and self._index.pts[pos] == pts:
+            return int(self._index.decode_index[pos])
+        return None
+
+    def _seek(self, start: int) -> Iterator[tuple[int, av.Packet]] | None:
+        """Seek to the keyframe at ``start`` (or before); None unless the demuxer landed at or before."""
+        frame = int(self._index.presentation_index[start])
+        # mov seeks by dts, matroska by pts: the smaller one never lands after the keyframe.
+        target = int(min(self._index.pts[frame], self._index.dts[frame]))
+        try:
+            self._container.seek(target, stream=self.stream, backward=True, any_frame=False)
+        except av.FFmpegError:
+            return None
+        packets = self._demux()
+        first = next(packets, None)
+        landed = self._decode_index_of(first.pts) if first is not None else None
+        if landed is None or landed > start:
+            return None
+        return self._numbered(itertools.chain([first], packets), landed)
+
+    def _numbered(self, packets: Iterator[av.Packet], first: int) -> Iterator[tuple[int, av.Packet]]:
+        index = self._index
+        for decode_idx, packet in enumerate(packets, first):
+            if decode_idx >= index.num_frames or packet.pts != index.pts[index.presentation_index[decode_idx]]:
+                raise _Misaligned(f"packet {decode_idx} has pts {packet.pts}")
+            yield decode_idx, packet
+
+
+@dataclass
+class _RunOutcome:
+    produced: int = 0  # frames the decoder put out
+    bad_packets: int = 0  # packets FFmpeg refused as invalid data (skipped, as ffmpeg's CLI does)
+    reached_end: bool = False  # the demuxer delivered the run's last packet
+
+
+def _decode_run(reader: _Reader, index: VideoIndex, run: Segment, got: dict[int, np.ndarray],
+                target_size: tuple[int, int] | None, linear: bool = False) -> _RunOutcome:
+    """Decode one run into ``got`` (presentation index -> RGB frame)."""
+    wanted = {int(index.pts[f]): f for f in run.frames if f not in got}
+    ctx = reader.stream.codec_context
+    outcome = _RunOutcome()
+
+    def feed(packet: av.Packet | None) -> None:  # None drains the frames held back for reordering
+        try:
+            frames = ctx.decode(packet)
+        except av.InvalidDataError:
+            outcome.bad_packets += 1
+            return
+        for frame in frames:
+            outcome.produced += 1
+            target = wanted.pop(frame.pts, None)
+            if target is not None:
+                rgb = frame.to_ndarray(format="rgb24")
+                if target_size is not None:
+                    rgb = resize_frames(rgb[None], *target_size)[0]
+                got[target] = rgb
+
+    for decode_idx, packet in reader.packets(run.start, linear):
+        feed(packet)
+        if decode_idx >= run.end:
+            outcome.reached_end = True
+            break
+    feed(None)
+    return outcome
+
+
+def _decode_instance(data: bytes, index: VideoIndex, runs: list[Segment], codec_threads: int,
+                     target_size: tuple[int, int] | None) -> tuple[dict[int, np.ndarray], int, int]:
+    """One decoder instance: its runs in order, with the fallbacks described in the module doc.
+
+    Returns (frames, frames the decoder produced, runs decoded).
+    """
+    got: dict[int, np.ndarray] = {}
+    produced, num_runs = 0, 0
+    reader = _Reader(data, index, codec_threads)
+    try:
+        # (run, retry level): 0 as planned, 1 from the previous keyframe, 2 from the stream's start.
+        # Bounded so a damaged file costs at most a few extra decodes, never one per GOP.
+        pending: list[tuple[Segment, int]] = [(run, 0) for run in runs]
+        while pending:
+            run, level = pending.pop(0)
+            num_runs += 1
+            try:
+                outcome = _decode_run(reader, index, run, got, target_size)
+            except _Misaligned:
+                # A demuxer reading from the start sees exactly what the index was built from.
+                try:
+                    outcome = _decode_run(reader, index, run, got, target_size, linear=True)
+                except _Misaligned as exc:
+                    raise RuntimeError(f"demuxer disagrees with its own index: {exc}") from exc
+            produced += outcome.produced
+            missing = [f for f in run.frames if f not in got]
+            if not missing:
+                continue
+            start = earlier_start(index, run.start) if level == 0 else (0 if run.start > 0 else None)
+            if not outcome.reached_end or start is None:
+                raise _undecodable(index, missing[0], outcome)
+            retry = merge_runs(segments_for(index, missing, start_of=dict.fromkeys(missing, start)))
+            pending = [(r, level + 1) for r in retry] + pending
+    except av.FFmpegError as exc:
+        raise VideoDecodeError(f"could not decode the video: {exc} (corrupt or truncated?)") from exc
+    finally:
+        reader.close()
+    return got, produced, num_runs
+
+
+def _undecodable(index: VideoIndex, frame: int, outcome: _RunOutcome) -> VideoDecodeError:
+    where = f"frame {frame} (t={index.times_s[frame]:.3f} s)"
+    if not outcome.reached_end:
+        return VideoDecodeError(f"the video is truncated or corrupt: the data for {where} is missing")
+    bad = f"; {outcome.bad_packets} packets were invalid" if outcome.bad_packets else ""
+    return VideoDecodeError(f"could not decode {where}, even from the start of the stream{bad} "
+                            "(corrupt or truncated?)")
+
+
+class PyAVEngine:
+    name = "pyav"
+
+    def decode(self, data: bytes, index: VideoIndex, frames: Sequence[int], num_instances: int,
+               target_size: tuple[int, int] | None) -> DecodeResult:
+        plan = plan_decode(index, frames, num_instances)
+        # Cores the busy instances leave idle go to FFmpeg's own threads (same output either way).
+        codec_threads = max(1, (os.cpu_count() or 1) // max(1, len(plan)))
+        if len(plan) <= 1:
+            results = [_decode_instance(data, index, runs, codec_threads, target_size) for runs in plan]
+        else:
+            pool = _pool(num_instances)
+            futures: list[Future] = [pool.submit(_decode_instance, data, index, runs, codec_threads,
+                                                 target_size) for runs in plan]
+            try:
+                results = [f.result() for f in futures]
+            finally:
+                for f in futures:
+                    f.cancel()  # after a failure, do not start work nobody will read
+        merged: dict[int, np.ndarray] = {}
+        for got, _, _ in results:
+            merged.update(got)
+        return DecodeResult(frames=merged, num_decoded_frames=sum(r[1] for r in results),
+                            num_segments=sum(r[2] for r in results))

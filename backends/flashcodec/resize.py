@@ -1,0 +1,45 @@
+"""THE reference frame resize. FlashCodec and the engine both call this one function, so a frame resized
+on either side of the pipeline is the same bytes.
+
+Math: torch bicubic with antialias on float32 (what qwen-vl-utils / HF's video processor do), then
+round and clamp back to uint8. Works on numpy arrays and on torch tensors on any device.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+FramesT = TypeVar("FramesT", np.ndarray, "torch.Tensor")
+
+# Frames per interpolate call: bounds the float32 working copy (about 64 MiB of input pixels per chunk)
+# without changing results — interpolate treats every frame independently.
+_CHUNK_PIXELS = 16 * 2**20 // 3
+
+
+def resize_frames(frames: FramesT, height: int, width: int) -> FramesT:
+    """uint8 [T, H, W, 3] -> uint8 [T, height, width, 3], same type (and device) as the input."""
+    import torch
+    import torch.nn.functional as F
+
+    is_numpy = isinstance(frames, np.ndarray)
+    video = torch.from_numpy(frames) if is_numpy else frames
+    if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != torch.uint8:
+        raise ValueError(f"frames must be uint8 [T, H, W, 3], got {video.dtype} {tuple(video.shape)}")
+    if height < 1 or width < 1:
+        raise ValueError(f"target size must be positive, got {height}x{width}")
+    num, src_h, src_w = int(video.shape[0]), int(video.shape[1]), int(video.shape[2])
+    if (src_h, src_w) == (height, width):
+        # Bicubic at scale 1 samples exactly at pixel centres (weights 1, 0, 0, 0): the identity.
+        return frames.copy() if is_numpy else frames.clone()
+    out = torch.empty((num, height, width, 3), dtype=torch.uint8, device=video.device)
+    chunk = max(1, _CHUNK_PIXELS // max(src_h * src_w, height * width))
+    for lo in range(0, num, chunk):
+        x = video[lo:lo + chunk].permute(0, 3, 1, 2).to(torch.float32)
+        y = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+        out[lo:lo + chunk] = y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return out.numpy() if is_numpy else out
