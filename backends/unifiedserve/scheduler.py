@@ -68,6 +68,7 @@ class Scheduler:
         self.policy = Policy(config.policy)
         self.waiting: list[Request] = []
         self.running: list[Request] = []
+        self.num_preemptions = 0  # lifetime count (metrics, tests)
 
     # ---- membership -------------------------------------------------------------------------
     def add(self, request: Request) -> None:
@@ -194,6 +195,7 @@ class Scheduler:
         self.blocks.free(req)
         req.num_computed_tokens = 0
         req.num_preemptions += 1
+        self.num_preemptions += 1
         req.status = RequestStatus.PREEMPTED
         for item in req.videos:
             if item.embeddings is None and item.fully_encoded:
