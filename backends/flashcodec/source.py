@@ -22,8 +22,10 @@ class SourcePolicy:
 
 def load_video_source(video_bytes: bytes | None, video_url: str | None, policy: SourcePolicy) -> bytes | None:
     """The compressed video's bytes, or None when the request carries no video."""
-    if video_bytes and video_url:
+    if video_bytes is not None and video_url:
         raise VideoDecodeError("give either video_bytes or video_url, not both")
+    if video_bytes is not None and len(video_bytes) == 0:
+        raise VideoDecodeError("video_bytes is empty: send the contents of a video file")
     if video_bytes:
         data = video_bytes
     elif video_url:

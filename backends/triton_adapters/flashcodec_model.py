@@ -17,9 +17,11 @@ from triton_adapters.engine_params import triton_parameters
 from triton_adapters.errors import to_triton_error
 from triton_adapters.request_fields import scalar
 from unifiedserve.config import default_model_path
+from unifiedserve.errors import InvalidRequestError
 from unifiedserve.vision import load_vision_spec
 
-INPUTS = ("video_bytes", "video_url", "num_frames", "fps", "max_frames", "start_time", "end_time", "max_pixels")
+INPUTS = ("text_input", "video_bytes", "video_url", "num_frames", "fps", "max_frames", "start_time", "end_time",
+          "max_pixels")
 
 
 class TritonPythonModel:
@@ -39,6 +41,7 @@ class TritonPythonModel:
             allow_http=(params.get("allow_http") or "false").lower() == "true",
             max_bytes=max_bytes,
         )
+        self.require_text_input = (params.get("require_text_input") or "false").lower() == "true"
 
     def execute(self, requests: list) -> list:
         return [self._one(request) for request in requests]
@@ -46,6 +49,8 @@ class TritonPythonModel:
     def _one(self, request):
         try:
             t = {n: x.as_numpy() for n in INPUTS if (x := pb_utils.get_input_tensor_by_name(request, n)) is not None}
+            if self.require_text_input and scalar(t, "text_input", str) is None:
+                raise InvalidRequestError("text_input is required: the question to ask about the video")
             raw = t.get("video_bytes")
             data = load_video_source(raw.reshape(-1)[0] if raw is not None and raw.size else None,
                                      scalar(t, "video_url", str), self.source)

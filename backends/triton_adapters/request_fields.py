@@ -39,12 +39,12 @@ def scalar(tensors: Mapping[str, np.ndarray], name: str, kind: type, default: An
         return default
     value = flat[0]
     if kind is str:
-        return value.decode("utf-8", errors="strict") if isinstance(value, bytes) else str(value)
+        return _utf8(name, value)
     if kind is bool:
         return bool(value)
     try:
         converted = kind(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # Fix: OverflowError (int of inf) was not caught
         raise InvalidRequestError(f"{name} must be a {kind.__name__}, got {value!r}") from exc
     if kind is float and not math.isfinite(converted):
         raise InvalidRequestError(f"{name} must be a finite number, got {value!r}")
@@ -55,25 +55,42 @@ def strings(tensors: Mapping[str, np.ndarray], name: str) -> tuple[str, ...]:
     arr = tensors.get(name)
     if arr is None:
         return ()
-    return tuple(v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.asarray(arr).reshape(-1) if v)
+    return tuple(_utf8(name, v) for v in np.asarray(arr).reshape(-1) if v)
+
+
+def _utf8(name: str, value: Any) -> str:
+    # Fix: a non-UTF-8 `stop` (or `video_key`) raised a bare UnicodeDecodeError, which the error map reports
+    # as INTERNAL; it is the client's fault (INVALID_ARG), like a non-UTF-8 text_input.
+    if not isinstance(value, bytes):
+        return str(value)
+    try:
+        return value.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(f"{name} is not valid UTF-8") from exc
 
 
 def hint(tensors: Mapping[str, np.ndarray], parameters: Mapping[str, Any], name: str, kind: type) -> Any:
     """Scheduling hints come as request parameters, or as same-named optional inputs (for /generate JSON)."""
     if name in parameters:
+        value = parameters[name]
+        # Fix: JSON `true` became priority 1 (the most urgent level), 2.9 became 2, 1e400 (inf) raised a bare
+        # OverflowError (reported as INTERNAL), and "nan" passed. Only exact numbers of the right kind pass.
         try:
-            return kind(parameters[name])
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequestError(f"request parameter {name} must be a {kind.__name__}") from exc
+            if isinstance(value, bool):
+                raise TypeError("a boolean is not a number")
+            converted = kind(value)
+            if (kind is int and isinstance(value, float) and converted != value) or (
+                    kind is float and not math.isfinite(converted)):
+                raise ValueError("not an exact, finite number")
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidRequestError(f"request parameter {name} must be a {kind.__name__}, got {value!r}") from exc
+        return converted
     return scalar(tensors, name, kind)
 
 
 def parse_generate_request(tensors: Mapping[str, np.ndarray], parameters: Mapping[str, Any],
                            default_max_tokens: int) -> ParsedGenerateRequest:
-    try:
-        text = scalar(tensors, "text_input", str)
-    except UnicodeDecodeError as exc:
-        raise InvalidRequestError("text_input is not valid UTF-8") from exc
+    text = scalar(tensors, "text_input", str)  # not UTF-8: InvalidRequestError "text_input is not valid UTF-8"
     if text is None:
         raise InvalidRequestError("text_input is required")
     sampling = SamplingParams(
@@ -83,6 +100,7 @@ def parse_generate_request(tensors: Mapping[str, np.ndarray], parameters: Mappin
         top_k=scalar(tensors, "top_k", int, 0),
         seed=scalar(tensors, "seed", int, None),
         stop=strings(tensors, "stop"),
+        ignore_eos=scalar(tensors, "ignore_eos", bool, False),
     )
     return ParsedGenerateRequest(
         text=text,

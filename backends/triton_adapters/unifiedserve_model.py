@@ -18,13 +18,14 @@ import triton_python_backend_utils as pb_utils
 
 from triton_adapters.engine_params import engine_config_from_parameters, triton_parameters
 from triton_adapters.errors import cancelled_error, to_triton_error
+from triton_adapters.metrics import UnifiedServeMetrics
 from triton_adapters.request_fields import parse_generate_request, scalar
 from unifiedserve import Engine, GenerationInput, VideoInput
 from unifiedserve.engine_loop import EngineLoop
 from unifiedserve.outputs import RequestOutput
 
 TENSOR_INPUTS = ("text_input", "frames", "sample_fps", "video_key", "max_tokens", "temperature", "top_p", "top_k",
-                 "seed", "stop", "stream", "priority", "ttft_slo_ms", "tpot_slo_ms")
+                 "seed", "stop", "stream", "ignore_eos", "priority", "ttft_slo_ms", "tpot_slo_ms")
 CANCEL_POLL_S = 0.1
 
 
@@ -48,6 +49,7 @@ class TritonPythonModel:
         self.logger = pb_utils.Logger
         self.engine = Engine(engine_config_from_parameters(params))
         self.loop = EngineLoop(self.engine)
+        self.metrics = UnifiedServeMetrics({"model": args["model_name"], "version": args["model_version"]})
         self.logger.log_info(f"unifiedserve ready: {self.engine.config}")
         self._ids = itertools.count()
         self._in_flight: dict[str, InFlight] = {}
@@ -70,6 +72,7 @@ class TritonPythonModel:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=10)
+        self.metrics.close()
 
     # ------------------------------------------------------------------------------------------
     def _submit(self, request) -> None:
@@ -110,6 +113,10 @@ class TritonPythonModel:
             if out.finished:
                 with self._lock:
                     self._in_flight.pop(state.request_id, None)
+                self.metrics.observe_finished(out.ttft_s, out.tpot_s, state.cancelled)
+                if state.cancelled:
+                    self.logger.log_info(f"request {state.request_id} cancelled after {out.num_output_tokens} "
+                                         "tokens; its KV blocks are free")
 
     def _send(self, state: InFlight, out: RequestOutput) -> None:
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -126,13 +133,18 @@ class TritonPythonModel:
             state.sender.send(_response("".join(state.texts), out), flags=final)
 
     def _cancel_watch(self) -> None:
+        """Poll cancellation (python_backend has no callback for it) and refresh the engine gauges."""
         while not self._stop.wait(CANCEL_POLL_S):
-            with self._lock:
-                states = list(self._in_flight.values())
-            for state in states:
-                if not state.cancelled and state.sender.is_cancelled():
-                    state.cancelled = True
-                    self.loop.abort(state.request_id)
+            try:
+                self.metrics.update_engine_state(self.engine.stats())
+                with self._lock:
+                    states = list(self._in_flight.values())
+                for state in states:
+                    if not state.cancelled and state.sender.is_cancelled():
+                        state.cancelled = True
+                        self.loop.abort(state.request_id)
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one failure
+                self.logger.log_error(f"cancellation watcher: {type(exc).__name__}: {exc}")
 
 
 def _tensors(request) -> dict[str, np.ndarray]:

@@ -54,11 +54,14 @@ class Engine:
     def make_request(self, request_id: str, gen_input: GenerationInput, params: SamplingParams,
                      priority: int = 0, ttft_slo_ms: float | None = None, tpot_slo_ms: float | None = None) -> Request:
         req = self.processor.process(request_id, gen_input, params, priority, ttft_slo_ms, tpot_slo_ms)
+        kv_capacity = self.blocks.num_blocks * self.blocks.block_size
         if not self.blocks.fits_ever(req.num_prompt_tokens + 1):
             raise InvalidRequestError(
-                f"prompt of {req.num_prompt_tokens} tokens can never fit the KV cache "
-                f"({self.blocks.num_blocks * self.blocks.block_size} tokens)"
+                f"prompt of {req.num_prompt_tokens} tokens can never fit the KV cache ({kv_capacity} tokens)"
             )
+        # Fix (livelock): a request that grew to fill the whole KV pool preempted itself on its next decode,
+        # recomputed, and preempted itself again, forever. It now stops with "length" at the pool's size.
+        req.max_total_tokens = min(req.max_total_tokens, kv_capacity)
         return req
 
     def add_request(self, req: Request) -> None:
@@ -80,6 +83,17 @@ class Engine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
+    def stats(self) -> dict:
+        """Plain counters for metrics; safe to read from another thread (values may be one step old)."""
+        return {
+            "num_in_flight": len(self.requests),
+            "num_waiting": len(self.scheduler.waiting),
+            "num_running": len(self.scheduler.running),
+            "kv_cache_usage": self.blocks.usage,
+            "num_preemptions": self.scheduler.num_preemptions,
+            "num_steps": self.num_steps,
+        }
+
     # ---- the loop ------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         plan = self.scheduler.schedule()
@@ -97,6 +111,9 @@ class Engine:
                 self.scheduler.finish(req, req.status)
                 self.requests.pop(req.request_id, None)
                 self._release(req)
+                out.ttft_s = req.first_token_time - req.arrival_time
+                if req.num_output_tokens > 1:
+                    out.tpot_s = (req.finish_time - req.first_token_time) / (req.num_output_tokens - 1)
             outputs.append(out)
         return outputs
 

@@ -17,6 +17,8 @@ class RequestOutput:
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0
     error: Exception | None = None
+    ttft_s: float | None = None  # set on the finished output: arrival -> first token
+    tpot_s: float | None = None  # set on the finished output: mean gap between output tokens
 
 
 @dataclass
