@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -19,10 +20,10 @@ def triton_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
 def engine_config_from_parameters(params: Mapping[str, str]) -> EngineConfig:
     """Empty values fall back to defaults; MLLM_MODEL_PATH and MLLM_ENGINE_<KEY> env vars override."""
     values: dict[str, str] = {k: v for k, v in params.items() if v != "" and k not in ADAPTER_KEYS}
-    for key in list(values) + ["model_path", "policy", "device", "dtype"]:
-        env = os.environ.get(f"MLLM_ENGINE_{key.upper()}")
+    for f in dataclasses.fields(EngineConfig):
+        env = os.environ.get(f"MLLM_ENGINE_{f.name.upper()}")
         if env:
-            values[key] = env
+            values[f.name] = env
     if os.environ.get("MLLM_MODEL_PATH"):
         values["model_path"] = os.environ["MLLM_MODEL_PATH"]
     values.setdefault("model_path", default_model_path())
