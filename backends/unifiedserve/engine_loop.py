@@ -28,25 +28,28 @@ class EngineLoop:
         self._callbacks: dict[str, OutputCallback] = {}
         self._idle_wait_s = idle_wait_s
         self._stop = threading.Event()
+        self._submit_lock = threading.Lock()  # makes "not stopped -> enqueue" atomic w.r.t. shutdown
         self._thread = threading.Thread(target=self._run, name="unifiedserve-engine", daemon=True)
         self._thread.start()
 
     # ---- called from any thread ---------------------------------------------------------------
     def submit(self, request: Request, on_output: OutputCallback) -> None:
-        if self._stop.is_set():
-            raise OverloadedError("the engine is shutting down")
-        if self._commands.qsize() + len(self._callbacks) >= self.engine.config.max_waiting_requests:
-            raise OverloadedError(
-                f"the engine already holds {len(self._callbacks)} requests (max_waiting_requests); retry later"
-            )
-        self._commands.put(("add", request, on_output))
+        with self._submit_lock:
+            if self._stop.is_set():
+                raise OverloadedError("the engine is shutting down")
+            if self._commands.qsize() + len(self._callbacks) >= self.engine.config.max_waiting_requests:
+                raise OverloadedError(
+                    f"the engine already holds {len(self._callbacks)} requests (max_waiting_requests); retry later"
+                )
+            self._commands.put(("add", request, on_output))
 
     def abort(self, request_id: str) -> None:
         self._commands.put(("abort", request_id, None))
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        self._commands.put(("wake", None, None))
+        with self._submit_lock:
+            self._stop.set()
+            self._commands.put(("wake", None, None))
         self._thread.join(timeout_s)
 
     @property
@@ -67,7 +70,18 @@ class EngineLoop:
                 continue
             for out in outputs:
                 self._deliver(out)
-        self._fail_all(OverloadedError("the server is shutting down"))
+        error = OverloadedError("the server is shutting down")
+        self._fail_all(error)
+        # Fix: requests accepted by submit() but not yet applied (submitted while a step ran) used to get no
+        # output at all, so their clients waited forever. The submit lock guarantees none arrive after this.
+        while True:
+            try:
+                kind, payload, callback = self._commands.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "add":
+                self._callbacks[payload.request_id] = callback
+                self._deliver(RequestOutput(payload.request_id, finished=True, finish_reason="error", error=error))
 
     def _apply_commands(self, block: bool) -> None:
         try:

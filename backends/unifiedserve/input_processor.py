@@ -133,7 +133,7 @@ class InputProcessor:
         """Frames from FlashCodec are already at a valid size; others are resized with the same rules."""
         _, h, w, _ = frames.shape
         f = self.vision.size_factor
-        if h % f == 0 and w % f == 0 and h * w <= self.vision.max_pixels:
+        if h % f == 0 and w % f == 0 and self.vision.min_pixels <= h * w <= self.vision.max_pixels:
             return frames
         from flashcodec import resize_frames, smart_resize  # same reference resize as the decoder
 

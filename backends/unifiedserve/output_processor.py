@@ -37,12 +37,14 @@ class TextState:
             return True
         return False
 
-    def finish(self) -> None:
-        """Take in the held-back tail of the detokenizer (and still honour stop strings in it)."""
+    def finish(self) -> bool:
+        """Take in the held-back tail of the detokenizer (and still honour stop strings in it); True if a
+        stop string was found in it (the text is cut before it)."""
         self.text += self.detok.flush()
         hits = [i for i in (self.text.find(s, max(0, self.emitted - self.hold)) for s in self.stops) if i >= 0]
         if hits:
             self.text = self.text[: min(hits)]
+        return bool(hits)
 
     def delta(self, finished: bool) -> str:
         end = len(self.text) if finished else max(self.emitted, len(self.text) - self.hold)
@@ -75,8 +77,10 @@ class OutputProcessor:
             elif req.num_output_tokens >= req.sampling_params.max_tokens or req.num_tokens >= req.max_total_tokens:
                 status = RequestStatus.FINISHED_LENGTH
         if status is not None:
-            if not stop_hit:
-                state.finish()
+            if not stop_hit and state.finish():
+                # Fix: a stop string completed by the held-back tail (e.g. "a " where the space shares a token
+                # with an unfinished emoji) cuts the text, so the reason is "stop", not "length".
+                status = RequestStatus.FINISHED_STOPPED
             req.status = status
             req.finish_time = now
         return self._output(req, state, [token_id])

@@ -33,7 +33,7 @@ FINISH_REASONS = {
 }
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: requests are compared by object, never by tensor contents
 class VideoItem:
     """One video of a prompt: its patches, where its tokens sit, and how much of it is encoded.
 
@@ -75,7 +75,7 @@ class VideoItem:
         return self.num_encoded_groups >= self.num_groups
 
 
-@dataclass
+@dataclass(eq=False)
 class Request:
     request_id: str
     prompt_token_ids: list[int]

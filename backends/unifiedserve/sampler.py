@@ -6,6 +6,11 @@ import torch
 
 from unifiedserve.request import Request
 
+# Fix: a client's temperature of e.g. 1e-45 passed validation, became 0 in float32 and turned the row into
+# NaN (0/0), so torch.multinomial raised and the whole step failed (every in-flight request with it).
+# Below this temperature sampling is greedy anyway (vLLM's _SAMPLING_EPS).
+MIN_SAMPLING_TEMPERATURE = 1e-5
+
 
 class Sampler:
     def __init__(self, seed: int) -> None:
@@ -17,9 +22,10 @@ class Sampler:
         tokens = logits.argmax(dim=-1).tolist()  # greedy for everyone, then overwrite the sampling rows
         for i, req in enumerate(requests):
             p = req.sampling_params
-            if p.greedy:
+            if p.greedy or p.temperature < MIN_SAMPLING_TEMPERATURE:
                 continue
-            row = logits[i].cpu() / p.temperature
+            row = logits[i].cpu()
+            row = (row - row.max()) / p.temperature  # Fix: <= 0 before scaling: a small temperature cannot give inf
             if p.top_k > 0 and p.top_k < row.numel():
                 kth = torch.topk(row, p.top_k).values[-1]
                 row = row.masked_fill(row < kth, float("-inf"))

@@ -117,6 +117,12 @@ class Scheduler:
         slots = self.config.max_num_seqs - len(self.running)
         for req in candidates:
             is_new = req.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED)
+            if is_new and out.preempted:
+                # Fix: no admissions in a step that had to preempt (vLLM v1 does the same). A victim sits at
+                # the head of `waiting`, ahead of more urgent requests (priority inversion), would take back
+                # the blocks it just gave up (thrash), and a less urgent newcomer admitted on the freed
+                # blocks would then run while the more urgent victim waits. Next step admits in policy order.
+                continue
             if is_new and slots <= 0:
                 break
             encoder_budget -= self._schedule_encoder(req, encoder_budget, out)
@@ -125,6 +131,11 @@ class Scheduler:
             planned = self._planned_groups(req, out)
             limit = min(req.num_tokens, _visual_limit(req, planned))
             n = min(limit - req.num_computed_tokens, token_budget)
+            # Fix (deadlock): a running request in prefill takes the blocks of less urgent running requests.
+            # Without this, two prefills that each hold part of the pool (e.g. one waited for its encoder
+            # while another started) wait for each other forever: only decodes used to preempt.
+            while not is_new and n > self._room_for(req) and self._preempt_less_urgent(req, out):
+                pass
             n = min(n, self._room_for(req))
             if n <= 0:
                 continue
@@ -189,6 +200,16 @@ class Scheduler:
             if req.request_id not in exclude:
                 return req
         return self.running[-1]
+
+    def _preempt_less_urgent(self, req: Request, out: SchedulerOutput) -> bool:
+        """Preempt the least urgent running request if it is less urgent than `req` (dropping its decode in
+        this step, like a decode's own preemption does); False if there is none. Runs before any admission
+        of this step, so `running` is still sorted most urgent first."""
+        victim = self.running[-1]
+        if victim is req or self.policy.key(victim) <= self.policy.key(req):
+            return False
+        self._preempt(victim, out)
+        return True
 
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
         """Recompute-style preemption: free the KV blocks, go back to waiting, keep generated tokens."""

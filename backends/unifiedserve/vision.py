@@ -66,6 +66,10 @@ def as_uint8_tensor(frames) -> torch.Tensor:
         frames = frames[None]
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+    if 0 in frames.shape[:3]:
+        # Fix: H or W = 0 gave a video of tokens_per_group 0, and the scheduler's division by it failed the
+        # engine step (every in-flight request with it); T = 0 gave a "video" without tokens.
+        raise ValueError(f"frames are empty: need T, H, W >= 1, got {tuple(frames.shape)}")
     return frames
 
 
