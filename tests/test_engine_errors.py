@@ -12,7 +12,7 @@ from engine_helpers import synthetic_frames
 
 from unifiedserve import Engine, EngineConfig, GenerationInput, InvalidRequestError, SamplingParams, VideoInput
 
-MAX_MODEL_LEN = 64
+MAX_MODEL_LEN = 128  # room for one small video (upscaled to the tiny model's min_pixels) + text
 GOOD_FRAMES = synthetic_frames(4, 28, 56, seed=0)
 
 
@@ -38,7 +38,7 @@ def _video(frames, **kw) -> GenerationInput:
 OK = SamplingParams(max_tokens=4)
 BAD_REQUESTS = {
     # name: (input, params, make_request kwargs, message)
-    "prompt longer than max_model_len": (GenerationInput(text="word " * 80), OK, {},
+    "prompt longer than max_model_len": (GenerationInput(text="word " * 160), OK, {},
                                          rf"\(video tokens included\) but the model's context is {MAX_MODEL_LEN}"),
     "video makes the prompt too long": (_video(synthetic_frames(40, 56, 56, 1)), OK, {}, "ask for fewer frames"),
     "max_tokens 0": (GenerationInput(text="hi"), SamplingParams(max_tokens=0), {}, "max_tokens must be between 1"),
