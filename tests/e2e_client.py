@@ -14,8 +14,10 @@ import tritonclient.grpc as grpcclient
 TYPES = {
     "text_input": "BYTES", "video_bytes": "BYTES", "video_url": "BYTES", "stop": "BYTES",
     "max_tokens": "INT32", "num_frames": "INT32", "max_frames": "INT32", "max_pixels": "INT32", "top_k": "INT32",
-    "priority": "INT32", "seed": "INT64", "fps": "FP32", "start_time": "FP32", "end_time": "FP32",
-    "temperature": "FP32", "top_p": "FP32", "ttft_slo_ms": "FP32", "tpot_slo_ms": "FP32", "stream": "BOOL", "ignore_eos": "BOOL",
+    "priority": "INT32", "seed": "INT64",
+    "fps": "FP32", "start_time": "FP32", "end_time": "FP32",
+    "temperature": "FP32", "top_p": "FP32", "ttft_slo_ms": "FP32", "tpot_slo_ms": "FP32",
+    "stream": "BOOL", "ignore_eos": "BOOL",
 }
 NP = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "BOOL": np.bool_}
 

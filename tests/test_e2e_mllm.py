@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
-
 from e2e_client import grpc_inputs, grpc_stream, http_generate_stream
 
 pytestmark = pytest.mark.e2e

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-
 from engine_helpers import hf_greedy, synthetic_frames
+
 from unifiedserve import Engine, EngineConfig, GenerationInput, SamplingParams, VideoInput
 
 MAX_NEW = 24
@@ -82,7 +82,8 @@ def test_requests_joining_and_leaving_match_hf(tiny_model_path, hf_model):
     inputs = _inputs()
     expected = _expected(engine, hf_model, inputs)
     lengths = [MAX_NEW, 6, 15, MAX_NEW]
-    reqs = [engine.make_request(f"r{i}", x, SamplingParams(max_tokens=n)) for i, (x, n) in enumerate(zip(inputs, lengths))]
+    reqs = [engine.make_request(f"r{i}", x, SamplingParams(max_tokens=n))
+            for i, (x, n) in enumerate(zip(inputs, lengths, strict=True))]
     join_at = {0: reqs[1], 3: reqs[2], 7: reqs[3]}  # step -> request that joins before it
     engine.add_request(reqs[0])
     for step in range(500):
@@ -91,7 +92,7 @@ def test_requests_joining_and_leaving_match_hf(tiny_model_path, hf_model):
         engine.step()
         if all(r.status.finished for r in reqs):
             break
-    for req, exp, n in zip(reqs, expected, lengths):
+    for req, exp, n in zip(reqs, expected, lengths, strict=True):
         assert req.output_token_ids == exp[:n]
 
 
