@@ -48,8 +48,10 @@ def make_video(rng: random.Random, offset: int) -> VideoItem:
     num_patches = grid[0] * grid[1] * grid[2]
     # A zero row expanded to the right shape: realistic layout, no memory.
     pixels = torch.zeros(1, PATCH_DIM).expand(num_patches, PATCH_DIM)
+    # encoder_depth > 1: the planner may also cut a group's pass through the tower block by block.
     return VideoItem(pixel_values=pixels, grid_thw=grid, offset=offset,
-                     tokens_per_group=grid[1] * grid[2] // MERGE**2, second_per_grid_t=1.0)
+                     tokens_per_group=grid[1] * grid[2] // MERGE**2, second_per_grid_t=1.0,
+                     encoder_depth=rng.choice([1, 1, 2, 4]))
 
 
 def make_request(rng: random.Random, request_id: str, arrival: float) -> Request:
@@ -125,12 +127,24 @@ class FakeRunner:
         self.groups: dict[int, set[int]] = {}
 
     def run_encoder(self, out: SchedulerOutput) -> None:
+        # id(video) -> the piece in flight (groups, blocks done) after this step's work so far; None: finished
+        pieces: dict[int, tuple[int, int, int] | None] = {}
         for w in out.encoder_work:
             v = w.video
+            assert 0 <= w.group_start < w.group_end <= v.num_groups and w.num_blocks >= 1
+            current = pieces.get(id(v), (*(v.piece_groups or (-1, -1)), v.piece_blocks_done))
+            g0, g1, done = current or (-1, -1, 0)
+            if w.block_start > 0:  # continues the piece in flight, exactly where it stopped
+                assert (w.group_start, w.group_end, w.block_start) == (g0, g1, done), "piece not continued"
+            else:
+                assert v.piece_groups is None or id(v) in pieces, "a new piece while one is in flight"
+            pieces[id(v)] = (w.group_start, w.group_end, w.block_start + w.num_blocks)
+            if not w.completes:
+                continue
+            pieces[id(v)] = None
             if v.embeddings is None:  # the runner allocates a fresh buffer: earlier rows are gone
                 v.embeddings = torch.empty(0)
                 self.groups[id(v)] = set()
-            assert 0 <= w.group_start < w.group_end <= v.num_groups
             self.groups[id(v)].update(range(w.group_start, w.group_end))
 
     def check_chunk_inputs(self, out: SchedulerOutput) -> None:
@@ -150,7 +164,7 @@ def _visual_limit_after(req: Request, out: SchedulerOutput) -> int:
     """Independent of the scheduler's helper: the end a chunk may reach with this step's encoder work."""
     planned: dict[int, int] = {}
     for w in out.encoder_work:
-        if w.request is req:
+        if w.request is req and w.completes:
             planned[id(w.video)] = max(planned.get(id(w.video), 0), w.group_end)
     for v in req.videos:
         groups = max(v.num_encoded_groups, planned.get(id(v), 0))
@@ -159,12 +173,17 @@ def _visual_limit_after(req: Request, out: SchedulerOutput) -> int:
     return req.num_tokens
 
 
-def _pending_tpg(req: Request, out: SchedulerOutput) -> int | None:
-    """tokens_per_group of the first video group still un-encoded after this step, None if all are done."""
-    planned = {id(w.video): w.group_end for w in out.encoder_work if w.request is req}
+def _pending_tpg(req: Request, out: SchedulerOutput) -> float | None:
+    """Cost of the smallest further encoder unit of req's first video still un-encoded after this step
+    (one more block of the piece in flight, else one group through one block); None if all are done."""
+    planned = {id(w.video): w.group_end for w in out.encoder_work if w.request is req and w.completes}
     for v in req.videos:
         if max(v.num_encoded_groups, planned.get(id(v), 0)) < v.num_groups:
-            return v.tokens_per_group
+            mine = [w for w in out.encoder_work if w.video is v and not w.completes]
+            groups = (mine[-1].group_end - mine[-1].group_start) if mine else (
+                (v.piece_groups[1] - v.piece_groups[0]) if v.piece_groups and not any(
+                    w.video is v for w in out.encoder_work) else 1)
+            return groups * v.tokens_per_group / v.encoder_depth
     return None
 
 
@@ -203,17 +222,21 @@ def _check_plan(s: Scheduler, before: Before, out: SchedulerOutput, ctx: str) ->
         assert out.num_batched_tokens == num_decodes, f"{ctx}: prefill on top of an over-budget decode batch"
     assert len(s.running) <= cfg.max_num_seqs, f"{ctx}: max_num_seqs"
     if Policy(cfg.policy).slices_encoder:
-        one_group_minimum = (len(out.encoder_work) == 1 and out.encoder_work[0].group_end
-                             - out.encoder_work[0].group_start == 1)
-        assert out.num_encoder_tokens <= cfg.encoder_budget_tokens or one_group_minimum, f"{ctx}: encoder budget"
+        w0 = out.encoder_work[0] if len(out.encoder_work) == 1 else None
+        one_unit_minimum = w0 is not None and w0.num_blocks == 1 and (
+            w0.group_end - w0.group_start == 1 or w0.block_start > 0)  # one block of one group / of the piece
+        assert out.num_encoder_tokens <= cfg.encoder_budget_tokens + 1e-9 or one_unit_minimum, f"{ctx}: encoder budget"
     else:
         for w in out.encoder_work:
-            assert w.group_end == w.video.num_groups, f"{ctx}: blocking/fcfs encode whole videos"
+            assert w.group_end == w.video.num_groups and w.completes, f"{ctx}: blocking/fcfs encode whole videos"
 
     # Encoder work is contiguous, in video order, for requests that are still alive.
+    ends: dict[int, int] = {}
     for w in out.encoder_work:
         assert not w.request.status.finished
-        assert w.group_start == w.video.num_encoded_groups, f"{ctx}: encoder slice does not continue the video"
+        expected = ends.get(id(w.video), w.video.num_encoded_groups)
+        assert w.group_start == expected, f"{ctx}: encoder slice does not continue the video"
+        ends[id(w.video)] = w.group_end if w.completes else w.group_start
         index = next(i for i, v in enumerate(w.request.videos) if v is w.video)
         earlier = w.request.videos[:index]
         assert all(_visual_limit_after(w.request, out) >= v.end for v in earlier), f"{ctx}: videos out of order"

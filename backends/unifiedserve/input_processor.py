@@ -39,6 +39,7 @@ class InputProcessor:
         self.eos_token_ids = eos_token_ids
         self.video_token_id: int = model_config.video_token_id
         self.uses_second_per_grid = hasattr(model_config.vision_config, "tokens_per_second")
+        self.encoder_depth: int = model_config.vision_config.depth
 
     def process(
         self,
@@ -127,6 +128,7 @@ class InputProcessor:
             tokens_per_group=grid[1] * grid[2] // self.vision.merge_size**2,
             second_per_grid_t=self.vision.temporal_patch_size / video.sample_fps,
             content_key=video.content_key,
+            encoder_depth=self.encoder_depth,
         )
 
     def _fit_size(self, frames: torch.Tensor) -> torch.Tensor:

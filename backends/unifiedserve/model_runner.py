@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 
 from unifiedserve.config import EngineConfig
+from unifiedserve.encoder_planner import EncoderWork
+from unifiedserve.layered_encoder import LayeredVisionEncoder
 from unifiedserve.model_loader import LoadedModel
 from unifiedserve.paged_attention import AttentionMetadata, PagedKVCache, forward_context
-from unifiedserve.scheduler import EncoderWork, SchedulerOutput, TokenChunk
+from unifiedserve.scheduler import SchedulerOutput, TokenChunk
 
 
 class ModelRunner:
@@ -25,19 +27,29 @@ class ModelRunner:
                                head_dim, self.dtype, self.device)
         self.inner = self.model.model  # Qwen2(_5)_VLModel: .visual, .language_model, get_video_features
         self.embed = self.inner.get_input_embeddings()
+        self.encoder = LayeredVisionEncoder(self.inner.visual)
 
     # ---- encoder --------------------------------------------------------------------------------
     @torch.inference_mode()
     def run_encoder(self, work: list[EncoderWork]) -> None:
-        """Encode each slice (k whole temporal groups: exact, attention never crosses groups)."""
+        """Run each slice: whole temporal groups (exact: attention never crosses groups) through a range
+        of the tower's blocks (exact: the same computation, paused); a finished piece fills embeddings."""
         for w in work:
             video = w.video
-            ppg, tpg = video.patches_per_group, video.tokens_per_group
-            pixels = video.pixel_values[w.group_start * ppg: w.group_end * ppg].to(self.device, self.dtype)
-            grid = torch.tensor([[w.group_end - w.group_start, *video.grid_thw[1:]]], device=self.device)
-            embeds = self.inner.get_video_features(pixels, grid).pooler_output[0]
+            if w.block_start == 0:
+                ppg = video.patches_per_group
+                pixels = video.pixel_values[w.group_start * ppg: w.group_end * ppg].to(self.device)
+                grid = torch.tensor([[w.group_end - w.group_start, *video.grid_thw[1:]]], device=self.device)
+                video.encoder_state = self.encoder.start(pixels, grid)
+            self.encoder.run_blocks(video.encoder_state, w.num_blocks)
+            if not w.completes:
+                continue
+            embeds = self.encoder.finish(video.encoder_state)
+            video.encoder_state = None
             if video.embeddings is None:
-                video.embeddings = torch.empty(video.num_tokens, embeds.shape[-1], dtype=self.dtype, device=self.device)
+                video.embeddings = torch.empty(video.num_tokens, embeds.shape[-1], dtype=self.dtype,
+                                               device=self.device)
+            tpg = video.tokens_per_group
             video.embeddings[w.group_start * tpg: w.group_end * tpg] = embeds
 
     # ---- LLM --------------------------------------------------------------------------------------

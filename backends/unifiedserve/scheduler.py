@@ -10,20 +10,9 @@ from dataclasses import dataclass, field
 
 from unifiedserve.block_manager import BlockManager
 from unifiedserve.config import EngineConfig
+from unifiedserve.encoder_planner import EncoderWork, plan_encoder
 from unifiedserve.policy import Policy
-from unifiedserve.request import Request, RequestStatus, VideoItem
-
-
-@dataclass
-class EncoderWork:
-    request: Request
-    video: VideoItem
-    group_start: int
-    group_end: int
-
-    @property
-    def num_tokens(self) -> int:
-        return (self.group_end - self.group_start) * self.video.tokens_per_group
+from unifiedserve.request import Request, RequestStatus
 
 
 @dataclass
@@ -53,7 +42,7 @@ class SchedulerOutput:
         return sum(c.num_tokens for c in self.chunks)
 
     @property
-    def num_encoder_tokens(self) -> int:
+    def num_encoder_tokens(self) -> float:
         return sum(w.num_tokens for w in self.encoder_work)
 
     @property
@@ -125,7 +114,9 @@ class Scheduler:
                 continue
             if is_new and slots <= 0:
                 break
-            encoder_budget -= self._schedule_encoder(req, encoder_budget, out)
+            work = plan_encoder(req, encoder_budget, self.policy.slices_encoder, allow_minimum=not out.encoder_work)
+            out.encoder_work.extend(work)
+            encoder_budget -= sum(w.num_tokens for w in work)
             if token_budget <= 0:
                 continue
             planned = self._planned_groups(req, out)
@@ -153,7 +144,13 @@ class Scheduler:
     def update_from_output(self, out: SchedulerOutput) -> None:
         """Advance progress counters after the runner executed `out`."""
         for work in out.encoder_work:
-            work.video.num_encoded_groups = max(work.video.num_encoded_groups, work.group_end)
+            video = work.video
+            if work.completes:
+                video.num_encoded_groups = max(video.num_encoded_groups, work.group_end)
+                video.piece_groups, video.piece_blocks_done = None, 0
+            else:
+                video.piece_groups = (work.group_start, work.group_end)
+                video.piece_blocks_done = work.block_start + work.num_blocks
         for chunk in out.chunks:
             chunk.request.num_computed_tokens = chunk.end
             # Embeddings of a video are dropped once its last token is in the KV cache.
@@ -162,33 +159,9 @@ class Scheduler:
                     item.embeddings = None
 
     # ---- helpers ----------------------------------------------------------------------------
-    def _schedule_encoder(self, req: Request, budget: int, out: SchedulerOutput) -> int:
-        """Plan encoder slices for `req`; returns the encoder tokens used. A slice is >= 1 temporal group
-        so that a video whose single group exceeds the budget still makes progress (on an empty budget)."""
-        used = 0
-        for item in req.videos:
-            if item.fully_encoded:
-                continue
-            remaining = item.num_groups - item.num_encoded_groups
-            if not self.policy.slices_encoder:
-                groups = remaining  # blocking: the whole video in this step, budget or not
-            else:
-                fit = (budget - used) // item.tokens_per_group
-                if fit <= 0 and used == 0 and budget == self.config.encoder_budget_tokens:
-                    fit = 1
-                groups = min(remaining, fit)
-            if groups <= 0:
-                break
-            start = item.num_encoded_groups
-            out.encoder_work.append(EncoderWork(req, item, start, start + groups))
-            used += groups * item.tokens_per_group
-            if groups < remaining:
-                break  # later videos of this prompt wait for this one (prefill consumes in order)
-        return used
-
     @staticmethod
     def _planned_groups(req: Request, out: SchedulerOutput) -> dict[int, int]:
-        return {id(w.video): w.group_end for w in out.encoder_work if w.request is req}
+        return {id(w.video): w.group_end for w in out.encoder_work if w.request is req and w.completes}
 
     def _room_for(self, req: Request) -> int:
         """How many more tokens fit into `req`'s blocks plus all free blocks."""
@@ -231,8 +204,10 @@ class Scheduler:
         assert out.num_batched_tokens <= max(self.config.max_num_batched_tokens, decodes), "token budget exceeded"
         assert len(self.running) <= self.config.max_num_seqs, "max_num_seqs exceeded"
         if self.policy.slices_encoder:
-            largest_group = max((w.video.tokens_per_group for w in out.encoder_work), default=0)
-            assert out.num_encoder_tokens <= max(self.config.encoder_budget_tokens, largest_group), (
+            # The one allowed overrun: a single group through a single block when nothing else is encoded.
+            smallest_unit = max((w.num_tokens for w in out.encoder_work if w.num_blocks == 1
+                                 and w.group_end - w.group_start == 1), default=0.0)
+            assert out.num_encoder_tokens <= max(self.config.encoder_budget_tokens, smallest_unit) + 1e-9, (
                 "encoder budget exceeded"
             )
 
