@@ -25,11 +25,17 @@ class EngineConfig:
     max_model_len: int = 0  # 0: the model's max_position_embeddings
     max_waiting_requests: int = 256  # admission queue bound: beyond it requests get UNAVAILABLE
     policy: str = "unified"
+    tpot_slo_ms: float = 0.0  # default TPOT target for requests without one (0: none; budgets = maxima)
+    tpot_headroom: float = 0.9  # plan steps to this fraction of the TPOT target (noise margin)
+    min_prefill_chunk: int = 16  # prefill tokens per step even when decodes leave no headroom
+    encoder_cache_tokens: int = 65536  # encoder output cache (visual tokens) for repeated videos
 
     # Paged KV cache.
     block_size: int = 16
     num_kv_blocks: int = 0  # 0: derive from kv_cache_memory_bytes
     kv_cache_memory_bytes: int = 256 * 2**20  # CPU default; on GPU derive from free memory (later)
+
+    step_stats_window: int = 4096  # recent StepStats kept on the engine (metrics, benchmarks)
 
     # Limits on what one request may ask for.
     max_tokens_limit: int = 4096

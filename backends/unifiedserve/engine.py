@@ -7,6 +7,7 @@ Engine from a background thread for servers.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import time
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ import torch
 
 from unifiedserve.block_manager import BlockManager
 from unifiedserve.config import EngineConfig
+from unifiedserve.cost_model import StepCostModel, StepStats
 from unifiedserve.errors import InvalidRequestError
 from unifiedserve.input_processor import InputProcessor
 from unifiedserve.inputs import GenerationInput
@@ -38,7 +40,9 @@ class Engine:
         text_cfg = loaded.model.config.text_config
         self.max_model_len = config.max_model_len or text_cfg.max_position_embeddings
         self.blocks = BlockManager(self.runner.num_kv_blocks, config.block_size)
-        self.scheduler = Scheduler(config, self.blocks)
+        self.cost = StepCostModel()
+        self.scheduler = Scheduler(config, self.blocks, self.cost)
+        self.step_stats: collections.deque[StepStats] = collections.deque(maxlen=config.step_stats_window)
         self.sampler = Sampler(config.seed)
         self.outputs = OutputProcessor(loaded.tokenizer)
         self.processor = InputProcessor(
@@ -97,8 +101,25 @@ class Engine:
     # ---- the loop ------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         plan = self.scheduler.schedule()
-        logits = self.runner.execute(plan)
+        start = time.monotonic()
+        logits, encoder_s, llm_s = self.runner.execute(plan)
+        self._record(plan, start, encoder_s, llm_s)
         return self._postprocess(plan, logits)
+
+    def _record(self, plan: SchedulerOutput, start: float, encoder_s: float, llm_s: float) -> None:
+        decodes = sum(1 for c in plan.chunks if c.num_tokens == 1 and c.request.num_output_tokens > 0)
+        stats = StepStats(
+            start_s=start, end_s=time.monotonic(),
+            num_decode_tokens=decodes, num_prefill_tokens=plan.num_batched_tokens - decodes,
+            attention_work=sum(c.num_tokens * c.end for c in plan.chunks) / 1000.0,
+            encoder_tokens=plan.num_encoder_tokens,
+            num_encoder_pieces_started=sum(1 for w in plan.encoder_work if w.block_start == 0),
+            llm_s=llm_s, encoder_s=encoder_s,
+            token_budget=plan.budgets.tokens if plan.budgets else 0,
+            encoder_budget=plan.budgets.encoder_tokens if plan.budgets else 0.0,
+        )
+        self.cost.observe(stats)
+        self.step_stats.append(stats)
 
     def _postprocess(self, plan: SchedulerOutput, logits: torch.Tensor) -> list[RequestOutput]:
         self.num_steps += 1

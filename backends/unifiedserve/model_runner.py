@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from unifiedserve.config import EngineConfig
@@ -83,9 +85,14 @@ class ModelRunner:
             return torch.empty(0, device=self.device)
         return self.model.lm_head(hidden[last]).float()
 
-    def execute(self, plan: SchedulerOutput) -> torch.Tensor:
+    def execute(self, plan: SchedulerOutput) -> tuple[torch.Tensor, float, float]:
+        """Run the plan; returns (logits of sampling chunks, encoder seconds, LLM seconds)."""
+        t0 = time.perf_counter()
         self.run_encoder(plan.encoder_work)
-        return self.run_llm(plan.chunks) if plan.chunks else torch.empty(0)
+        t1 = time.perf_counter()
+        logits = self.run_llm(plan.chunks) if plan.chunks else torch.empty(0)
+        t2 = time.perf_counter()
+        return logits, t1 - t0, t2 - t1
 
 
 def _positions(c: TokenChunk) -> torch.Tensor:

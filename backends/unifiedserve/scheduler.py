@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from unifiedserve.block_manager import BlockManager
 from unifiedserve.config import EngineConfig
+from unifiedserve.cost_model import StepBudgets, StepCostModel, step_budgets
+from unifiedserve.encoder_cache import EncoderCache
 from unifiedserve.encoder_planner import EncoderWork, plan_encoder
 from unifiedserve.policy import Policy
 from unifiedserve.request import Request, RequestStatus
@@ -36,6 +38,7 @@ class SchedulerOutput:
     chunks: list[TokenChunk] = field(default_factory=list)
     encoder_work: list[EncoderWork] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    budgets: StepBudgets | None = None
 
     @property
     def num_batched_tokens(self) -> int:
@@ -51,9 +54,11 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, block_manager: BlockManager) -> None:
+    def __init__(self, config: EngineConfig, block_manager: BlockManager, cost: StepCostModel | None = None) -> None:
         self.config = config
         self.blocks = block_manager
+        self.cost = cost or StepCostModel()
+        self.encoder_cache = EncoderCache(config.encoder_cache_tokens)
         self.policy = Policy(config.policy)
         self.waiting: list[Request] = []
         self.running: list[Request] = []
@@ -61,7 +66,19 @@ class Scheduler:
 
     # ---- membership -------------------------------------------------------------------------
     def add(self, request: Request) -> None:
+        for item in request.videos:
+            self._attach_cached(item)
         self.waiting.append(request)
+
+    def _attach_cached(self, item) -> None:
+        """A video whose tokens are cached needs no encoder work (a repeated question about one video)."""
+        if item.content_key is None or item.fully_encoded:
+            return
+        cached = (self.encoder_cache.peek(item.content_key) if item.cache_ref
+                  else self.encoder_cache.acquire(item.content_key))
+        if cached is not None and cached.shape[0] == item.num_tokens:
+            item.embeddings, item.num_encoded_groups, item.cache_ref = cached, item.num_groups, True
+            item.piece_groups, item.piece_blocks_done, item.encoder_state = None, 0, None
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
@@ -70,7 +87,10 @@ class Scheduler:
         request.status = status
         self.blocks.free(request)
         for item in request.videos:
-            item.embeddings = None
+            item.embeddings = item.encoder_state = None
+            if item.cache_ref:
+                self.encoder_cache.release(item.content_key)
+                item.cache_ref = False
         if request in self.running:
             self.running.remove(request)
         if request in self.waiting:
@@ -80,6 +100,7 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         token_budget = self.config.max_num_batched_tokens
+        num_decodes = 0
         self.running.sort(key=self.policy.key)
         self.waiting.sort(key=self.policy.key)
 
@@ -97,12 +118,15 @@ class Scheduler:
             else:
                 out.chunks.append(TokenChunk(req, req.num_computed_tokens, req.num_computed_tokens + 1))
                 scheduled.add(req.request_id)
-                token_budget -= 1
+                num_decodes += 1
 
-        # 2. Encoder slices and prefill chunks: running requests still in prefill, then waiting ones.
-        encoder_budget = self.config.encoder_budget_tokens
+        # 2. Encoder slices and prefill chunks: running requests still in prefill, then waiting ones,
+        #    within what the decodes leave of the step's time under the TPOT target (cost model).
         prefilling = [r for r in self.running if r.request_id not in scheduled]
         candidates = prefilling + list(self.waiting)
+        out.budgets = self._budgets([r for r in self.running if r.request_id in scheduled], candidates)
+        token_budget = out.budgets.tokens - num_decodes
+        encoder_budget = out.budgets.encoder_tokens
         slots = self.config.max_num_seqs - len(self.running)
         for req in candidates:
             is_new = req.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED)
@@ -148,6 +172,8 @@ class Scheduler:
             if work.completes:
                 video.num_encoded_groups = max(video.num_encoded_groups, work.group_end)
                 video.piece_groups, video.piece_blocks_done = None, 0
+                if video.fully_encoded and video.content_key is not None and not video.cache_ref:
+                    video.cache_ref = self.encoder_cache.insert(video.content_key, video.embeddings)
             else:
                 video.piece_groups = (work.group_start, work.group_end)
                 video.piece_blocks_done = work.block_start + work.num_blocks
@@ -159,6 +185,12 @@ class Scheduler:
                     item.embeddings = None
 
     # ---- helpers ----------------------------------------------------------------------------
+    def _budgets(self, decoders: list[Request], candidates: list[Request]) -> StepBudgets:
+        window = candidates[: max(1, self.config.max_num_seqs)]
+        encoder_pending = any(not v.fully_encoded for r in window for v in r.videos)
+        prefill_context = max((r.num_tokens for r in window), default=0)
+        return step_budgets(self.config, self.cost, decoders, prefill_context, encoder_pending)
+
     @staticmethod
     def _planned_groups(req: Request, out: SchedulerOutput) -> dict[int, int]:
         return {id(w.video): w.group_end for w in out.encoder_work if w.request is req and w.completes}
@@ -193,7 +225,8 @@ class Scheduler:
         req.status = RequestStatus.PREEMPTED
         for item in req.videos:
             if item.embeddings is None and item.fully_encoded:
-                item.num_encoded_groups = 0  # embeddings were dropped after use: encode again
+                item.num_encoded_groups = 0  # embeddings were dropped after use: take them from the cache
+                self._attach_cached(item)  # or encode again
         self.running.remove(req)
         self.waiting.insert(0, req)
         out.preempted.append(req)
