@@ -41,7 +41,7 @@ class Engine:
         self.max_model_len = config.max_model_len or text_cfg.max_position_embeddings
         self.blocks = BlockManager(self.runner.num_kv_blocks, config.block_size)
         self.cost = StepCostModel()
-        self.scheduler = Scheduler(config, self.blocks, self.cost)
+        self.scheduler = Scheduler(config, self.blocks, self.cost, same_step_encoder=self.runner.overlap is None)
         self.step_stats: collections.deque[StepStats] = collections.deque(maxlen=config.step_stats_window)
         self.sampler = Sampler(config.seed)
         self.outputs = OutputProcessor(loaded.tokenizer)

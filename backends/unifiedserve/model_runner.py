@@ -30,6 +30,11 @@ class ModelRunner:
         self.inner = self.model.model  # Qwen2(_5)_VLModel: .visual, .language_model, get_video_features
         self.embed = self.inner.get_input_embeddings()
         self.encoder = LayeredVisionEncoder(self.inner.visual)
+        self.overlap = None
+        if self.device.type == "cuda" and config.overlap_encoder:
+            from unifiedserve.device_streams import OverlappedExecution
+
+            self.overlap = OverlappedExecution(self.device)
 
     # ---- encoder --------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -87,6 +92,8 @@ class ModelRunner:
 
     def execute(self, plan: SchedulerOutput) -> tuple[torch.Tensor, float, float]:
         """Run the plan; returns (logits of sampling chunks, encoder seconds, LLM seconds)."""
+        if self.overlap is not None:
+            return self.overlap.execute(plan, self.run_encoder, self.run_llm)
         t0 = time.perf_counter()
         self.run_encoder(plan.encoder_work)
         t1 = time.perf_counter()

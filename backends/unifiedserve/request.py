@@ -53,6 +53,7 @@ class VideoItem:
     piece_groups: tuple[int, int] | None = None  # groups part-way through the tower
     piece_blocks_done: int = 0  # blocks that piece has been through
     encoder_state: object = None  # the runner's hidden state of that piece (opaque to the scheduler)
+    ready_event: object = None  # CUDA event: the encoder stream finished this video's latest piece
     cache_ref: bool = False  # this request holds a reference to `content_key` in the encoder cache
 
     @property

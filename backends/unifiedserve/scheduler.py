@@ -54,8 +54,12 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, block_manager: BlockManager, cost: StepCostModel | None = None) -> None:
+    def __init__(self, config: EngineConfig, block_manager: BlockManager, cost: StepCostModel | None = None,
+                 same_step_encoder: bool = True) -> None:
         self.config = config
+        # False when encoder slices run concurrently with the LLM step (CUDA streams): a prefill chunk may
+        # then only read visual tokens finished in an earlier step.
+        self.same_step_encoder = same_step_encoder
         self.blocks = block_manager
         self.cost = cost or StepCostModel()
         self.encoder_cache = EncoderCache(config.encoder_cache_tokens)
@@ -191,8 +195,9 @@ class Scheduler:
         prefill_context = max((r.num_tokens for r in window), default=0)
         return step_budgets(self.config, self.cost, decoders, prefill_context, encoder_pending)
 
-    @staticmethod
-    def _planned_groups(req: Request, out: SchedulerOutput) -> dict[int, int]:
+    def _planned_groups(self, req: Request, out: SchedulerOutput) -> dict[int, int]:
+        if not self.same_step_encoder:
+            return {}
         return {id(w.video): w.group_end for w in out.encoder_work if w.request is req and w.completes}
 
     def _room_for(self, req: Request) -> int:
