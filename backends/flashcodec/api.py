@@ -2,23 +2,32 @@
 
 validate limits -> index (cached by content hash) -> sample -> plan + decode on K instances ->
 merge in sampled order -> DecodedVideo. Every client-side problem surfaces as VideoDecodeError.
+
+GPU engines return CUDA tensors (uint8 [T, H, W, 3], resized on the GPU with the same resize_frames
+math) unless ``output_device="cpu"``. A GPU engine that fails on a request, or cannot decode this video
+(UnsupportedByEngine, e.g. 10-bit or an odd size), hands it to pyav when ``fallback_to_cpu`` is set (or
+the engine was picked by ``auto``); the fallback is logged.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from .config import DecodedVideo, DecoderConfig, SamplingSpec
-from .engines import get_engine
+from .engines import DecodeResult, UnsupportedByEngine, get_engine
 from .errors import VideoDecodeError
 from .index import IndexCache, VideoIndex, check_limits, read_index
 from .sampling import sample_frames
 
 _index_cache = IndexCache()
 DEFAULT_DECODER_CONFIG = DecoderConfig()  # frozen: safe to share as a default
+logger = logging.getLogger("flashcodec")
 
 
 def decode_video(data: bytes, spec: SamplingSpec, config: DecoderConfig = DEFAULT_DECODER_CONFIG, *,
@@ -34,8 +43,10 @@ def decode_video(data: bytes, spec: SamplingSpec, config: DecoderConfig = DEFAUL
     sample = sample_frames(index, spec, config.max_output_frames)
     unique = np.unique(sample.frame_indices)
     target = (sample.height, sample.width) if resize else None
-    result = get_engine(config.engine).decode(data, index, unique.tolist(), num_instances(config), target)
-    frames = np.stack([result.frames[int(i)] for i in sample.frame_indices])
+    result = _decode(data, index, unique.tolist(), config, target)
+    frames = stack_frames(result.frames, sample.frame_indices)
+    if config.output_device == "cpu" and not isinstance(frames, np.ndarray):
+        frames = frames.cpu().numpy()
     return DecodedVideo(
         frames=frames,
         frame_indices=sample.frame_indices.astype(np.int64),
@@ -49,6 +60,35 @@ def decode_video(data: bytes, spec: SamplingSpec, config: DecoderConfig = DEFAUL
         num_decoded_frames=result.num_decoded_frames,
         num_segments=result.num_segments,
     )
+
+
+def _decode(data: bytes, index: VideoIndex, frames: Sequence[int], config: DecoderConfig,
+            target: tuple[int, int] | None) -> DecodeResult:
+    engine = get_engine(config.engine, config)  # EngineUnavailable (deployment problem) is never masked
+    try:
+        return engine.decode(data, index, frames, num_instances(config), target)
+    except Exception as exc:  # noqa: BLE001 - any GPU-engine failure may go to the CPU engine instead
+        unsupported = isinstance(exc, UnsupportedByEngine)
+        if engine.name == "pyav" or not (config.fallback_to_cpu or (unsupported and config.engine == "auto")):
+            raise
+        logger.warning("flashcodec: %s engine failed on a %s %dx%d video (%s: %s); decoding it with pyav",
+                       engine.name, index.codec, index.width, index.height, type(exc).__name__, exc)
+    return get_engine("pyav", config).decode(data, index, frames, num_instances(config), target)
+
+
+def stack_frames(frames: dict[int, Any], order: np.ndarray) -> np.ndarray | Any:
+    """Frames in sampled order as one uint8 [T, H, W, 3] array (numpy) or tensor (torch, same device)."""
+    picked = [frames[int(i)] for i in order]
+    if isinstance(picked[0], np.ndarray):
+        return np.stack(picked)
+    import torch
+
+    out = torch.stack(picked)
+    if out.is_cuda:
+        # The frames were made on decoder streams and are freed when this returns: finish the copy
+        # first, so the caching allocator cannot hand their memory to a decoder while it is read.
+        torch.cuda.current_stream(out.device).synchronize()
+    return out
 
 
 def get_index(data: bytes, config: DecoderConfig, content_hash: str | None = None) -> VideoIndex:

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import VideoDecodeError
 
+if TYPE_CHECKING:
+    import torch
+
 # Engine names a DecoderConfig may name; the registry (engines.py) decides which are usable here.
 KNOWN_ENGINES = ("auto", "pyav", "nvdec", "dali")
+OUTPUT_DEVICES = ("auto", "cpu")  # auto: GPU engines return CUDA tensors; cpu: always numpy
 
 
 def _finite_positive(name: str, value: float | None) -> None:
@@ -65,18 +70,34 @@ class SamplingSpec:
 class DecoderConfig:
     """Per deployment (built once from Triton parameters)."""
 
-    engine: str = "auto"  # "auto" | "pyav" (later: "nvdec", "dali")
-    num_instances: int = 0  # K decoder instances (threads on CPU); 0 = os.cpu_count()
+    engine: str = "auto"  # "auto" (nvdec if usable, else pyav) | "pyav" | "nvdec" | "dali"
+    num_instances: int = 0  # K decoder instances per request (threads on CPU, sessions on GPU); 0 = os.cpu_count()
     max_input_bytes: int = 512 * 2**20
     max_duration_s: float = 4 * 3600
     max_width: int = 8192
     max_height: int = 8192
     max_output_frames: int = 768
     index_cache_entries: int = 64
+    # GPU engines (nvdec, dali). Each process keeps its own sessions: a Triton model with instance_group
+    # count C holds up to C * sessions_per_gpu * len(gpu_ids) NVDEC sessions.
+    gpu_ids: tuple[int, ...] = ()  # GPUs to decode on; () = every visible GPU
+    sessions_per_gpu: int = 4  # decoder sessions kept per GPU (one request uses up to num_instances of them)
+    fallback_to_cpu: bool = True  # a GPU engine failing on a request re-decodes it with pyav (logged)
+    output_device: str = "auto"  # see OUTPUT_DEVICES
 
     def __post_init__(self) -> None:
         if self.engine not in KNOWN_ENGINES:
             raise ValueError(f"DecoderConfig.engine must be one of {KNOWN_ENGINES}, got {self.engine!r}")
+        if self.output_device not in OUTPUT_DEVICES:
+            raise ValueError(f"DecoderConfig.output_device must be one of {OUTPUT_DEVICES}, "
+                             f"got {self.output_device!r}")
+        if not isinstance(self.gpu_ids, tuple) or any(
+                isinstance(g, bool) or not isinstance(g, int) or g < 0 for g in self.gpu_ids):
+            raise ValueError(f"DecoderConfig.gpu_ids must be a tuple of GPU ordinals >= 0, got {self.gpu_ids!r}")
+        if len(set(self.gpu_ids)) != len(self.gpu_ids):
+            raise ValueError(f"DecoderConfig.gpu_ids lists a GPU twice: {self.gpu_ids!r}")
+        if self.sessions_per_gpu < 1:
+            raise ValueError(f"DecoderConfig.sessions_per_gpu must be >= 1, got {self.sessions_per_gpu!r}")
         if self.num_instances < 0 or self.index_cache_entries < 0:
             raise ValueError("DecoderConfig.num_instances and index_cache_entries must be >= 0")
         for name in ("max_input_bytes", "max_width", "max_height", "max_output_frames"):
@@ -88,7 +109,9 @@ class DecoderConfig:
 
 @dataclass(frozen=True)
 class DecodedVideo:
-    frames: np.ndarray  # uint8 [T, H, W, 3], RGB, at the target size (H, W multiples of size_factor)
+    # uint8 [T, H, W, 3], RGB, at the target size (H, W multiples of size_factor): numpy from pyav (and
+    # whenever output_device="cpu"), a CUDA torch tensor from the GPU engines.
+    frames: np.ndarray | torch.Tensor
     frame_indices: np.ndarray  # int64 [T] indices into the presentation-order frame list
     timestamps_s: np.ndarray  # float64 [T], seconds from the first frame
     sample_fps: float  # sampled frames per second of video (second_per_grid_ts = frame_factor / sample_fps)

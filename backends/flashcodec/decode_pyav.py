@@ -12,6 +12,12 @@ keyframe, then from the start of the stream, then gives up with a VideoDecodeErr
 therefore bit-identical to a sequential full decode. Packets FFmpeg rejects as invalid data are
 skipped (as the ffmpeg CLI does), so one damaged packet does not fail a whole request unless a
 sampled frame cannot be produced.
+
+Speed: only sampled frames are converted to RGB; packets of frames nobody asked for are decoded with
+``skip_frame=NONREF`` on codecs whose decoder drops non-reference pictures packet by packet (H.264:
+nal_ref_idc 0; HEVC: sub-layer non-reference NAL types) — no other picture can reference them, so the
+kept frames are the same bytes, and a sampled non-reference frame is decoded because the mode is set per
+packet. A retry after a missed frame decodes without skipping.
 """
 
 from __future__ import annotations
@@ -32,6 +38,11 @@ from .errors import VideoDecodeError
 from .index import OPEN_OPTIONS, VideoIndex
 from .plan import Segment, earlier_start, merge_runs, plan_decode, segments_for
 from .resize import resize_frames
+
+# Codecs whose FFmpeg decoder honours skip_frame=NONREF per packet (checked when the packet's pictures
+# are parsed, in the worker thread's context under frame threading too). VP9/AV1 are left out: libdav1d
+# reads skip_frame once at open, and VP9's non-reference frames only occur with temporal layers.
+SKIP_NONREF_CODECS = frozenset({"h264", "hevc"})
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
@@ -129,13 +140,21 @@ class _RunOutcome:
 
 
 def _decode_run(reader: _Reader, index: VideoIndex, run: Segment, got: dict[int, np.ndarray],
-                target_size: tuple[int, int] | None, linear: bool = False) -> _RunOutcome:
-    """Decode one run into ``got`` (presentation index -> RGB frame)."""
+                target_size: tuple[int, int] | None, linear: bool = False,
+                skip_nonref: bool = False) -> _RunOutcome:
+    """Decode one run into ``got`` (presentation index -> RGB frame); ``skip_nonref``: let the decoder
+    drop non-reference pictures that are not wanted (see the module doc)."""
     wanted = {int(index.pts[f]): f for f in run.frames if f not in got}
     ctx = reader.stream.codec_context
     outcome = _RunOutcome()
+    ctx.skip_frame = mode = "DEFAULT"
 
     def feed(packet: av.Packet | None) -> None:  # None drains the frames held back for reordering
+        nonlocal mode
+        if skip_nonref and packet is not None:
+            want = "DEFAULT" if packet.pts in wanted else "NONREF"  # its frame comes out later
+            if want != mode:
+                ctx.skip_frame = mode = want
         try:
             frames = ctx.decode(packet)
         except av.InvalidDataError:
@@ -160,7 +179,8 @@ def _decode_run(reader: _Reader, index: VideoIndex, run: Segment, got: dict[int,
 
 
 def _decode_instance(data: bytes, index: VideoIndex, runs: list[Segment], codec_threads: int,
-                     target_size: tuple[int, int] | None) -> tuple[dict[int, np.ndarray], int, int]:
+                     target_size: tuple[int, int] | None,
+                     skip_nonref: bool = False) -> tuple[dict[int, np.ndarray], int, int]:
     """One decoder instance: its runs in order, with the fallbacks described in the module doc.
 
     Returns (frames, frames the decoder produced, runs decoded).
@@ -175,12 +195,13 @@ def _decode_instance(data: bytes, index: VideoIndex, runs: list[Segment], codec_
         while pending:
             run, level = pending.pop(0)
             num_runs += 1
+            skip = skip_nonref and level == 0  # a retry takes no chances
             try:
-                outcome = _decode_run(reader, index, run, got, target_size)
+                outcome = _decode_run(reader, index, run, got, target_size, skip_nonref=skip)
             except _Misaligned:
                 # A demuxer reading from the start sees exactly what the index was built from.
                 try:
-                    outcome = _decode_run(reader, index, run, got, target_size, linear=True)
+                    outcome = _decode_run(reader, index, run, got, target_size, linear=True, skip_nonref=skip)
                 except _Misaligned as exc:
                     raise RuntimeError(f"demuxer disagrees with its own index: {exc}") from exc
             produced += outcome.produced
@@ -211,17 +232,21 @@ def _undecodable(index: VideoIndex, frame: int, outcome: _RunOutcome) -> VideoDe
 class PyAVEngine:
     name = "pyav"
 
+    def __init__(self, skip_nonref: bool = True) -> None:
+        self.skip_nonref = skip_nonref  # False: decode every packet of a run (benchmark ablation)
+
     def decode(self, data: bytes, index: VideoIndex, frames: Sequence[int], num_instances: int,
                target_size: tuple[int, int] | None) -> DecodeResult:
         plan = plan_decode(index, frames, num_instances)
         # Cores the busy instances leave idle go to FFmpeg's own threads (same output either way).
         codec_threads = max(1, (os.cpu_count() or 1) // max(1, len(plan)))
+        skip = self.skip_nonref and index.codec in SKIP_NONREF_CODECS
         if len(plan) <= 1:
-            results = [_decode_instance(data, index, runs, codec_threads, target_size) for runs in plan]
+            results = [_decode_instance(data, index, runs, codec_threads, target_size, skip) for runs in plan]
         else:
             pool = _pool(num_instances)
             futures: list[Future] = [pool.submit(_decode_instance, data, index, runs, codec_threads,
-                                                 target_size) for runs in plan]
+                                                 target_size, skip) for runs in plan]
             try:
                 results = [f.result() for f in futures]
             finally:

@@ -2,25 +2,36 @@
 
 An engine turns (bytes, index, frames wanted) into decoded frames, spreading the work over its
 decoder instances. Engines register a *factory*, so a GPU engine's libraries are imported only when it
-is first asked for (PyNvVideoCodec fails at import without a driver). ``auto`` takes the first engine
-in AUTO_ORDER whose factory succeeds.
+is first asked for (PyNvVideoCodec fails at import without a driver; importing flashcodec never imports
+PyNvVideoCodec or DALI). ``auto`` takes the first engine in AUTO_ORDER whose factory succeeds.
+
+A factory gets the DecoderConfig and builds the engine from the fields its ``settings`` function picks
+(the GPU engines: gpu_ids, sessions_per_gpu); one engine is kept per (name, settings). A factory that
+raises EngineUnavailable is not retried for the same settings: the answer does not change while the
+process lives, and ``auto`` asks on every request.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-
+from .config import DecoderConfig
+from .errors import VideoDecodeError
 from .index import VideoIndex
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 
 @dataclass(frozen=True)
 class DecodeResult:
-    frames: dict[int, np.ndarray]  # presentation index -> uint8 [H, W, 3] RGB (target size if given)
+    # presentation index -> uint8 [H, W, 3] RGB (target size if given): numpy (CPU engines) or a CUDA
+    # torch tensor (GPU engines)
+    frames: dict[int, np.ndarray | torch.Tensor]
     num_decoded_frames: int  # frames the decoders produced, including ones thrown away
     num_segments: int  # runs decoded, over all instances
 
@@ -39,47 +50,96 @@ class EngineUnavailable(RuntimeError):
     """The engine cannot run here (library or device missing). A deployment problem, not the client's."""
 
 
-AUTO_ORDER = ("nvdec", "pyav")  # nvdec registers itself later; until then auto = pyav
+class UnsupportedByEngine(VideoDecodeError):
+    """This engine cannot decode this video (codec, bit depth, size) although another engine may.
 
-_factories: dict[str, Callable[[], DecodeEngine]] = {}
-_engines: dict[str, DecodeEngine] = {}
+    ``auto`` and ``fallback_to_cpu`` hand the request to pyav; otherwise the client gets the message.
+    """
+
+
+AUTO_ORDER = ("nvdec", "pyav")  # nvdec when a GPU and PyNvVideoCodec are usable, else pyav
+
+
+def _no_settings(config: DecoderConfig) -> Hashable:
+    return None
+
+
+def gpu_settings(config: DecoderConfig) -> Hashable:
+    """What a GPU engine is built from."""
+    return (config.gpu_ids, config.sessions_per_gpu)
+
+
+@dataclass(frozen=True)
+class _Registration:
+    factory: Callable[[DecoderConfig], DecodeEngine]
+    settings: Callable[[DecoderConfig], Hashable]
+
+
+_registry: dict[str, _Registration] = {}
+_engines: dict[tuple[str, Any], DecodeEngine | EngineUnavailable] = {}
 _lock = threading.Lock()
+_DEFAULT_CONFIG = DecoderConfig()
 
 
-def register_engine(name: str, factory: Callable[[], DecodeEngine]) -> None:
-    """Make ``name`` selectable; ``factory`` runs on first use and may raise EngineUnavailable."""
+def register_engine(name: str, factory: Callable[[DecoderConfig], DecodeEngine],
+                    settings: Callable[[DecoderConfig], Hashable] = _no_settings) -> None:
+    """Make ``name`` selectable. ``factory(config)`` runs on first use and may raise EngineUnavailable;
+    ``settings(config)`` names the config fields the engine depends on (one engine per distinct value)."""
     with _lock:
-        _factories[name] = factory
-        _engines.pop(name, None)
+        _registry[name] = _Registration(factory, settings)
+        for key in [k for k in _engines if k[0] == name]:
+            del _engines[key]
 
 
-def get_engine(name: str) -> DecodeEngine:
-    """The engine called ``name`` ("auto": the first usable one in AUTO_ORDER), created once."""
+def get_engine(name: str, config: DecoderConfig | None = None) -> DecodeEngine:
+    """The engine called ``name`` ("auto": the first usable one in AUTO_ORDER), created once per settings."""
+    config = config or _DEFAULT_CONFIG
     if name == "auto":
         reasons = []
         for candidate in AUTO_ORDER:
-            if candidate not in _factories:
+            if candidate not in _registry:
                 continue
             try:
-                return get_engine(candidate)
+                return get_engine(candidate, config)
             except EngineUnavailable as exc:
                 reasons.append(f"{candidate}: {exc}")
         raise EngineUnavailable("no decode engine is usable here: " + "; ".join(reasons))
     with _lock:
-        engine = _engines.get(name)
+        registration = _registry.get(name)
+        if registration is None:
+            raise EngineUnavailable(f"decode engine {name!r} is not available in this build "
+                                    f"(registered: {sorted(_registry)})")
+        key = (name, registration.settings(config))
+        engine = _engines.get(key)
         if engine is None:
-            factory = _factories.get(name)
-            if factory is None:
-                raise EngineUnavailable(f"decode engine {name!r} is not available in this build "
-                                        f"(registered: {sorted(_factories)})")
-            engine = _engines[name] = factory()
-        return engine
+            try:
+                engine = registration.factory(config)
+            except EngineUnavailable as exc:
+                engine = exc
+            _engines[key] = engine
+    if isinstance(engine, EngineUnavailable):
+        raise EngineUnavailable(str(engine))
+    return engine
 
 
-def _pyav_factory() -> DecodeEngine:
+def _pyav_factory(config: DecoderConfig) -> DecodeEngine:
     from .decode_pyav import PyAVEngine
 
     return PyAVEngine()
 
 
+def _nvdec_factory(config: DecoderConfig) -> DecodeEngine:
+    from .decode_nvdec import create_engine
+
+    return create_engine(config)
+
+
+def _dali_factory(config: DecoderConfig) -> DecodeEngine:
+    from .decode_dali import create_engine
+
+    return create_engine(config)
+
+
 register_engine("pyav", _pyav_factory)
+register_engine("nvdec", _nvdec_factory, gpu_settings)
+register_engine("dali", _dali_factory, gpu_settings)

@@ -1,6 +1,8 @@
 """Triton adapter for the `flashcodec` model: video bytes/URL + sampling -> frames at the model's size.
 
 Text-only requests (no video) get zero frames so the ensemble's next step sees "no video".
+Frames a GPU engine (nvdec, dali) made stay on the GPU: they leave as a DLPack tensor, which needs the
+server's CUDA memory pool (tritonserver --cuda-memory-pool-byte-size=<gpu>:<bytes>).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from flashcodec import DecoderConfig, SamplingSpec, decode_video
+from flashcodec import DecoderConfig, SamplingSpec, decode_video, get_engine
 from flashcodec.source import SourcePolicy, load_video_source
 from triton_adapters.engine_params import triton_parameters
 from triton_adapters.errors import to_triton_error
@@ -30,11 +32,10 @@ class TritonPythonModel:
         model_path = os.environ.get("MLLM_MODEL_PATH") or params.get("model_path") or default_model_path()
         self.vision = load_vision_spec(model_path)
         max_bytes = int(params.get("max_input_bytes") or 512 * 2**20)
-        self.decoder = DecoderConfig(
-            engine=params.get("engine") or "auto",
-            num_instances=int(params.get("num_instances") or 0),
-            max_input_bytes=max_bytes,
-        )
+        self.decoder = decoder_config(params, max_bytes, args)
+        # Fail the model load, not every request, when the configured engine cannot run here.
+        engine = get_engine(self.decoder.engine, self.decoder)
+        pb_utils.Logger.log_info(f"flashcodec: engine {engine.name} ({self.decoder})")
         roots = os.environ.get("MLLM_MEDIA_ROOTS") or params.get("media_roots") or ""
         self.source = SourcePolicy(
             media_roots=tuple(r for r in roots.split(":") if r),
@@ -78,9 +79,39 @@ class TritonPythonModel:
         )
 
 
-def _outputs(frames: np.ndarray, sample_fps: float, key: str, timestamps: np.ndarray):
+def decoder_config(params: dict[str, str], max_bytes: int, args: dict) -> DecoderConfig:
+    """DecoderConfig from the model's parameters; env MLLM_FLASHCODEC_<KEY> overrides a parameter.
+
+    gpu_ids: "0,1" (empty: the instance's GPU for KIND_GPU instances, else every visible GPU).
+    """
+    def get(key: str, default: str = "") -> str:
+        return os.environ.get(f"MLLM_FLASHCODEC_{key.upper()}") or params.get(key) or default
+
+    gpu_ids = tuple(int(g) for g in get("gpu_ids").replace(" ", "").split(",") if g)
+    if not gpu_ids and args.get("model_instance_kind") == "GPU":
+        gpu_ids = (int(args.get("model_instance_device_id") or 0),)
+    return DecoderConfig(
+        engine=get("engine", "auto"),
+        num_instances=int(get("num_instances", "0")),
+        max_input_bytes=max_bytes,
+        gpu_ids=gpu_ids,
+        sessions_per_gpu=int(get("sessions_per_gpu", "4")),
+        fallback_to_cpu=get("fallback_to_cpu", "true").lower() == "true",
+        output_device=get("output_device", "auto"),
+    )
+
+
+def _frames_tensor(frames):
+    if isinstance(frames, np.ndarray):
+        return pb_utils.Tensor("frames", np.ascontiguousarray(frames, dtype=np.uint8))
+    from torch.utils.dlpack import to_dlpack  # a CUDA tensor from a GPU engine: hand it over without a copy
+
+    return pb_utils.Tensor.from_dlpack("frames", to_dlpack(frames.contiguous()))
+
+
+def _outputs(frames, sample_fps: float, key: str, timestamps: np.ndarray):
     return pb_utils.InferenceResponse(output_tensors=[
-        pb_utils.Tensor("frames", np.ascontiguousarray(frames, dtype=np.uint8)),
+        _frames_tensor(frames),
         pb_utils.Tensor("sample_fps", np.array([sample_fps], dtype=np.float32)),
         pb_utils.Tensor("video_key", np.array([key.encode()], dtype=np.object_)),
         pb_utils.Tensor("frame_timestamps", timestamps),

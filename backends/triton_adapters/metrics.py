@@ -23,6 +23,12 @@ class UnifiedServeMetrics:
             "in_flight": family("unifiedserve_requests_in_flight", "Requests admitted and not finished", gauge),
             "waiting": family("unifiedserve_requests_waiting", "Requests waiting for prefill or preempted", gauge),
             "running": family("unifiedserve_requests_running", "Requests with KV blocks (prefill or decode)", gauge),
+            "waiting_encoder": family("unifiedserve_requests_waiting_encoder",
+                                      "Requests whose video is not fully encoded yet", gauge),
+            "encoder_share": family("unifiedserve_encoder_time_share",
+                                    "Share of recent step time spent in the vision encoder", gauge),
+            "cache_hits": family("unifiedserve_encoder_cache_hits_total", "Videos served from the encoder cache",
+                                 counter),
             "kv_usage": family("unifiedserve_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use", gauge),
             "preemptions": family("unifiedserve_preemptions_total", "Requests preempted (recompute)", counter),
             "finished": family("unifiedserve_requests_finished_total", "Requests finished, any reason", counter),
@@ -35,6 +41,10 @@ class UnifiedServeMetrics:
         self.waiting = f["waiting"].Metric(labels=labels)
         self.running = f["running"].Metric(labels=labels)
         self.kv_usage = f["kv_usage"].Metric(labels=labels)
+        self.waiting_encoder = f["waiting_encoder"].Metric(labels=labels)
+        self.encoder_share = f["encoder_share"].Metric(labels=labels)
+        self.cache_hits = f["cache_hits"].Metric(labels=labels)
+        self._hits_seen = 0
         self.preemptions = f["preemptions"].Metric(labels=labels)
         self.finished = f["finished"].Metric(labels=labels)
         self.cancelled = f["cancelled"].Metric(labels=labels)
@@ -47,6 +57,11 @@ class UnifiedServeMetrics:
         self.waiting.set(stats["num_waiting"])
         self.running.set(stats["num_running"])
         self.kv_usage.set(stats["kv_cache_usage"])
+        self.waiting_encoder.set(stats["num_waiting_encoder"])
+        self.encoder_share.set(stats["encoder_time_share"])
+        if stats["encoder_cache_hits"] > self._hits_seen:
+            self.cache_hits.increment(stats["encoder_cache_hits"] - self._hits_seen)
+            self._hits_seen = stats["encoder_cache_hits"]
         new = stats["num_preemptions"] - self._preemptions_seen
         if new > 0:
             self.preemptions.increment(new)

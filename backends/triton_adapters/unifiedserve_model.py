@@ -24,6 +24,8 @@ from unifiedserve import Engine, GenerationInput, VideoInput
 from unifiedserve.engine_loop import EngineLoop
 from unifiedserve.outputs import RequestOutput
 
+# Read by the python backend itself, not the engine (config.pbtxt sets FORCE_CPU_ONLY_INPUT_TENSORS "no").
+PYTHON_BACKEND_KEYS = ("FORCE_CPU_ONLY_INPUT_TENSORS", "EXECUTION_ENV_PATH")
 TENSOR_INPUTS = ("text_input", "frames", "sample_fps", "video_key", "max_tokens", "temperature", "top_p", "top_k",
                  "seed", "stop", "stream", "ignore_eos", "priority", "ttft_slo_ms", "tpot_slo_ms")
 CANCEL_POLL_S = 0.1
@@ -44,7 +46,7 @@ class TritonPythonModel:
         model_config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(model_config):
             raise pb_utils.TritonModelException("unifiedserve must be decoupled (model_transaction_policy)")
-        params = triton_parameters(model_config)
+        params = {k: v for k, v in triton_parameters(model_config).items() if k not in PYTHON_BACKEND_KEYS}
         self.default_max_tokens = int(params.get("default_max_tokens") or 256)
         self.logger = pb_utils.Logger
         self.engine = Engine(engine_config_from_parameters(params))
@@ -84,7 +86,7 @@ class TritonPythonModel:
             parsed = parse_generate_request(tensors, parameters, self.default_max_tokens)
             frames = tensors.get("frames")
             videos = ()
-            if frames is not None and frames.size > 0:
+            if frames is not None and _num_elements(frames) > 0:
                 videos = (VideoInput(frames, scalar(tensors, "sample_fps", float, 2.0),
                                      scalar(tensors, "video_key", str)),)
             engine_request = self.engine.make_request(
@@ -147,13 +149,27 @@ class TritonPythonModel:
                 self.logger.log_error(f"cancellation watcher: {type(exc).__name__}: {exc}")
 
 
-def _tensors(request) -> dict[str, np.ndarray]:
+def _tensors(request) -> dict:
+    """Inputs as numpy; with FORCE_CPU_ONLY_INPUT_TENSORS "no", frames a GPU decoder made arrive on the GPU
+    and stay there (a torch CUDA tensor; the engine preprocesses them during execute(), while the request
+    still owns the memory)."""
     out = {}
     for name in TENSOR_INPUTS:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
-        if tensor is not None:
+        if tensor is None:
+            continue
+        if tensor.is_cpu():
             out[name] = tensor.as_numpy()
+        else:
+            from torch.utils.dlpack import from_dlpack
+
+            value = from_dlpack(tensor.to_dlpack())
+            out[name] = value if name == "frames" else value.cpu().numpy()
     return out
+
+
+def _num_elements(value) -> int:
+    return int(value.numel()) if hasattr(value, "numel") else int(value.size)
 
 
 def _response(text: str, out: RequestOutput):

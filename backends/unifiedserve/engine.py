@@ -96,7 +96,17 @@ class Engine:
             "kv_cache_usage": self.blocks.usage,
             "num_preemptions": self.scheduler.num_preemptions,
             "num_steps": self.num_steps,
+            "num_waiting_encoder": sum(1 for r in list(self.requests.values())
+                                       if any(not v.fully_encoded for v in r.videos)),
+            "encoder_time_share": self._encoder_time_share(),
+            "encoder_cache_hits": self.scheduler.encoder_cache.hits,
         }
+
+    def _encoder_time_share(self, last_steps: int = 64) -> float:
+        """Share of the recent steps' execution time spent in the vision encoder."""
+        recent = list(self.step_stats)[-last_steps:]
+        total = sum(s.encoder_s + s.llm_s for s in recent)
+        return sum(s.encoder_s for s in recent) / total if total > 0 else 0.0
 
     # ---- the loop ------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
