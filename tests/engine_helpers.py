@@ -18,6 +18,14 @@ def synthetic_frames(num_frames: int, height: int, width: int, seed: int) -> np.
     return np.stack(frames)
 
 
+def use_reference_mrope(model) -> None:
+    """Make HF's generate() use the Qwen reference M-RoPE rule the engine follows (unifiedserve/mrope.py
+    explains why transformers 5.23's own get_rope_index differs); everything else stays HF's."""
+    from unifiedserve.mrope import hf_compatible_rope_index
+
+    model.model.get_rope_index = hf_compatible_rope_index(model.config)
+
+
 def hf_greedy(model, request, max_new_tokens: int, eos_ids) -> list[int]:
     """Greedy tokens from transformers' own generate() for an engine Request's prompt and video inputs."""
     ids = torch.tensor([request.prompt_token_ids])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from engine_helpers import hf_greedy, synthetic_frames
+from engine_helpers import hf_greedy, synthetic_frames, use_reference_mrope
 
 from unifiedserve import Engine, EngineConfig, GenerationInput, SamplingParams, VideoInput
 
@@ -26,6 +26,7 @@ def test_overlapped_streams_float32_match_hf(tiny_model_path):
     assert engine.runner.overlap is not None and not engine.scheduler.same_step_encoder
     outs = engine.generate(INPUTS, SamplingParams(max_tokens=16))
     hf = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    use_reference_mrope(hf)
     for x, out in zip(INPUTS, outs, strict=True):
         req = engine.make_request("ref", x, SamplingParams(max_tokens=16))
         assert out.token_ids == hf_greedy(hf, req, 16, engine.processor.eos_token_ids)

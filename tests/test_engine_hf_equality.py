@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from engine_helpers import hf_greedy, synthetic_frames
+from engine_helpers import hf_greedy, synthetic_frames, use_reference_mrope
 
 from unifiedserve import Engine, EngineConfig, GenerationInput, SamplingParams, VideoInput
 
@@ -30,7 +30,9 @@ def _inputs() -> list[GenerationInput]:
 
 @pytest.fixture(scope="module")
 def hf_model(tiny_model_path):
-    return transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
+    use_reference_mrope(model)
+    return model
 
 
 def _expected(engine: Engine, hf_model, inputs, max_new=MAX_NEW) -> list[list[int]]:
@@ -108,6 +110,7 @@ def test_preemption_and_recompute_match_hf(tiny_model_path, hf_model):
 
 def test_qwen2_vl_matches_hf(tiny_qwen2_vl_path):
     hf = transformers.Qwen2VLForConditionalGeneration.from_pretrained(tiny_qwen2_vl_path, dtype=torch.float32).eval()
+    use_reference_mrope(hf)
     engine = _engine(tiny_qwen2_vl_path)
     inputs = _inputs()
     outs = engine.generate(inputs, SamplingParams(max_tokens=MAX_NEW))

@@ -46,7 +46,7 @@ class Engine:
         self.sampler = Sampler(config.seed)
         self.outputs = OutputProcessor(loaded.tokenizer)
         self.processor = InputProcessor(
-            loaded.tokenizer, loaded.model.config, loaded.vision, loaded.model.model.get_rope_index,
+            loaded.tokenizer, loaded.model.config, loaded.vision,
             self.max_model_len, config.max_tokens_limit, loaded.eos_token_ids,
         )
         self.vision = loaded.vision

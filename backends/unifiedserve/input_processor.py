@@ -7,17 +7,15 @@ requests overlaps the running steps. Everything it touches is read-only.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
 from unifiedserve.errors import InvalidRequestError
 from unifiedserve.inputs import GenerationInput, VideoInput
+from unifiedserve.mrope import mrope_positions
 from unifiedserve.request import Request, VideoItem
 from unifiedserve.sampling_params import SamplingParams
 from unifiedserve.vision import VisionSpec, as_uint8_tensor, patchify_frames
-
-RopeIndexFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 class InputProcessor:
@@ -26,19 +24,17 @@ class InputProcessor:
         tokenizer,
         model_config,
         vision: VisionSpec,
-        rope_index_fn: RopeIndexFn,
         max_model_len: int,
         max_tokens_limit: int,
         eos_token_ids: frozenset[int],
     ) -> None:
         self.tokenizer = tokenizer
         self.vision = vision
-        self.rope_index_fn = rope_index_fn
         self.max_model_len = max_model_len
         self.max_tokens_limit = max_tokens_limit
         self.eos_token_ids = eos_token_ids
         self.video_token_id: int = model_config.video_token_id
-        self.uses_second_per_grid = hasattr(model_config.vision_config, "tokens_per_second")
+        self.tokens_per_second: float | None = getattr(model_config.vision_config, "tokens_per_second", None)
         self.encoder_depth: int = model_config.vision_config.depth
 
     def process(
@@ -145,13 +141,8 @@ class InputProcessor:
     def _mrope(self, ids: list[int], videos: list[VideoItem]) -> tuple[torch.Tensor | None, int]:
         if not videos:
             return None, 0
-        input_ids = torch.tensor([ids], dtype=torch.long)
-        mm_types = (input_ids == self.video_token_id).to(torch.int32) * 2  # 0 text, 1 image, 2 video
-        kwargs = {"video_grid_thw": torch.tensor([v.grid_thw for v in videos], dtype=torch.long)}
-        if self.uses_second_per_grid:
-            kwargs["second_per_grid_ts"] = torch.tensor([v.second_per_grid_t for v in videos])
-        positions, deltas = self.rope_index_fn(input_ids, mm_token_type_ids=mm_types, **kwargs)
-        return positions[:, 0, :].contiguous(), int(deltas.reshape(-1)[0])
+        return mrope_positions(ids, self.video_token_id, [(v.grid_thw, v.second_per_grid_t) for v in videos],
+                               self.vision.merge_size, self.tokens_per_second)
 
 
 def _check_slo(name: str, value: float | None) -> None:
