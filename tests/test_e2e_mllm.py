@@ -243,3 +243,15 @@ def test_missing_text_input_is_rejected(mllm_server, clip):
     r = grpc_stream(mllm_server.grpc_url, {"max_tokens": 4})
     assert r.error is not None and "text_input is required" in str(r.error)
     _ok(grpc_stream(mllm_server.grpc_url, {"text_input": QUESTION, "video_bytes": clip, "max_tokens": 4}))
+
+
+def test_scheduling_hints_reach_the_engine_through_the_ensemble(mllm_server, clip):
+    """SLO hints travel as request parameters (gRPC: `parameters=`), priority as an input (tritonclient
+    reserves the parameter name `priority` for Triton's own queue). A bad value is rejected by the engine,
+    which proves the hint arrived; good values serve normally."""
+    r = grpc_stream(mllm_server.grpc_url, {"text_input": QUESTION, "max_tokens": 4}, parameters={"ttft_slo_ms": -5})
+    assert r.error is not None and "ttft_slo_ms" in str(r.error)
+    r = grpc_stream(mllm_server.grpc_url, {"text_input": QUESTION, "max_tokens": 4, "priority": -1})
+    assert r.error is not None and "priority" in str(r.error)
+    _ok(grpc_stream(mllm_server.grpc_url, {"text_input": QUESTION, "video_bytes": clip, "max_tokens": 4,
+                                           "priority": 1}, parameters={"ttft_slo_ms": 2000.0, "tpot_slo_ms": 100.0}))
