@@ -51,3 +51,17 @@ def mllm_server(tiny_model_path, sample_video_dir):
     env = {"MLLM_MODEL_PATH": tiny_model_path, "MLLM_MEDIA_ROOTS": str(sample_video_dir)}
     with start_tritonserver(REPO / "model_repository", env=env, ready_timeout_s=300) as server:
         yield server
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need an NVIDIA GPU: skipped (with the reason) where torch sees none."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (torch.cuda.is_available() is False)")
+    for item in gpu_items:
+        item.add_marker(skip)

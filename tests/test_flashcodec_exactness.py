@@ -44,7 +44,7 @@ def test_frames_match_full_decode(video_dir: Path, name: str, instances: int) ->
     data = path.read_bytes()
     reference = reference_for(path)
     read_barcode = sample_script().read_barcode
-    config = DecoderConfig(num_instances=instances)
+    config = DecoderConfig(engine="pyav", num_instances=instances)
     for spec in specs_for(path):
         video = decode_video(data, spec, config, resize=False)
         assert video.frames.shape[0] == video.frame_indices.shape[0] == video.timestamps_s.shape[0]
@@ -64,7 +64,7 @@ def test_only_sampled_gops_are_decoded(video_dir: Path) -> None:  # noqa: F811
     # 10 s, GOP 30 at 30 fps: 4 frames from the first second's GOP need at most that GOP decoded.
     path = video_dir / "h264_bf_640x360_10s_gop30.mp4"
     video = decode_video(path.read_bytes(), SamplingSpec(num_frames=4, end_time=0.9),
-                         DecoderConfig(num_instances=2), resize=False)
+                         DecoderConfig(engine="pyav", num_instances=2), resize=False)
     assert video.frame_indices.max() <= 27
     assert video.num_decoded_frames <= 30
 
@@ -78,7 +78,7 @@ def test_concurrent_requests_share_the_decoders(video_dir: Path) -> None:  # noq
     # Several requests at once on one 2-instance deployment give the same frames as one at a time.
     names = ["h264_bf_320x240_2s_gop12.mp4", "hevc_bf_640x360_4s_gop30.mp4", "vp9_640x360_4s_gop30.webm",
              "h264_bf_opengop_320x240_4s_gop24.mp4"]
-    config, spec = DecoderConfig(num_instances=2), SamplingSpec(fps=4.0)
+    config, spec = DecoderConfig(engine="pyav", num_instances=2), SamplingSpec(fps=4.0)
     datas = [(video_dir / n).read_bytes() for n in names] * 2
     alone = [decode_video(d, spec, config).frames for d in datas]
     with ThreadPoolExecutor(4) as pool:
@@ -106,7 +106,8 @@ def test_video_with_an_audio_track(tmp_path: Path) -> None:
                 container.mux(audio.encode(chunk))
         container.mux(video.encode(None))
         container.mux(audio.encode(None))
-    decoded = decode_video(path.read_bytes(), SamplingSpec(num_frames=20), DecoderConfig(num_instances=3), resize=False)
+    decoded = decode_video(path.read_bytes(), SamplingSpec(num_frames=20),
+                           DecoderConfig(engine="pyav", num_instances=3), resize=False)
     reference = reference_frames(path, decoded.frame_indices.tolist())
     for frame, index in zip(decoded.frames, decoded.frame_indices, strict=True):
         np.testing.assert_array_equal(frame, reference[int(index)])

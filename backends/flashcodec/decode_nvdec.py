@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -221,13 +221,12 @@ class NvdecSession(Session):
             cudastream=self.stream.cuda_stream, usedevicememory=True, maxwidth=max_size[0],
             maxheight=max_size[1], outputColorType=nvc.OutputColorType.NATIVE)
 
-    def device(self) -> contextlib.AbstractContextManager:
+    @contextlib.contextmanager
+    def device(self) -> Iterator[None]:
         import torch
 
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.cuda.device(self.gpu_id))
-        stack.enter_context(torch.cuda.stream(self.stream))
-        return stack
+        with torch.cuda.device(self.gpu_id), torch.cuda.stream(self.stream):
+            yield
 
     def decode(self, payload: bytes | None, pts: int) -> list:
         packet = self._nvc.PacketData()  # empty = end of stream

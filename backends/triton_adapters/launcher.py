@@ -134,6 +134,8 @@ def build_command(model_repository: str | os.PathLike | None, extra_args=(), *,
         defaults["--cache-directory"] = str(install.caches_dir)
     if not _has_nvidia_gpu():  # no CUDA pinned pool to allocate, no DCGM to query
         defaults.update({"--pinned-memory-pool-byte-size": "0", "--allow-gpu-metrics": "false"})
+    else:  # decoded frames travel between ensemble steps as GPU tensors: 1 GiB pool on GPU 0 (default 64 MiB)
+        defaults["--cuda-memory-pool-byte-size"] = "0:1073741824"
     extra_args = list(extra_args)
     given = {a.split("=", 1)[0] for a in extra_args if a.startswith("--")}
     argv = [str(install.server)]

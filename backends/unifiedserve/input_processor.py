@@ -114,7 +114,7 @@ class InputProcessor:
         except (TypeError, ValueError) as exc:
             raise InvalidRequestError(f"bad video frames: {exc}") from exc
         frames = self._fit_size(frames)
-        pixel_values, grid = patchify_frames(frames.cpu(), self.vision)
+        pixel_values, grid = patchify_frames(frames, self.vision)  # on the frames' device (GPU from NVDEC)
         if not video.sample_fps > 0:
             raise InvalidRequestError(f"video sample_fps must be > 0, got {video.sample_fps}")
         return VideoItem(
