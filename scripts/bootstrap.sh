@@ -93,9 +93,9 @@ if command -v nvidia-smi >/dev/null; then TORCH_SPEC=torch; else TORCH_SPEC=torc
 WANT_STAMP="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1) py$PY_VERSION $TORCH_SPEC"
 if [[ "$(cat "$STAMP" 2>/dev/null)" != "$WANT_STAMP" ]]; then
   run_logged pip-torch "$VENV/bin/python" -m pip install "$TORCH_SPEC"
-  run_logged pip-project "$VENV/bin/python" -m pip install -e "$REPO[test]"
+  run_logged pip-project "$VENV/bin/python" -m pip install -e "$REPO[test,bench,gpu]"
   echo "$WANT_STAMP" >"$STAMP"
-  say "installed $TORCH_SPEC and the project (-e .[test]) into .venv"
+  say "installed $TORCH_SPEC and the project (-e .[test,bench,gpu]) into .venv"
 fi
 phase_done venv
 
