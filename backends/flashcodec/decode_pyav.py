@@ -1,9 +1,10 @@
 """CPU decode engine: FFmpeg through PyAV, one container per decoder instance, instances on threads.
 
-Each instance decodes its runs (plan.py) in decode order: position the demuxer at the run's keyframe,
-decode packets through the run's last sampled frame, drain the decoder (it holds frames back for
-B-frame reordering), keep only the sampled frames — identified by pts. PyAV releases the GIL while
-FFmpeg works, so K threads decode K GOPs at once.
+A request's sampled frames become runs (GOP segments, plan.py); K instances take runs largest first,
+each the next one whenever it is free. For a run an instance positions the demuxer at the run's
+keyframe, decodes packets through the run's last sampled frame, drains the decoder (it holds frames
+back for B-frame reordering) and keeps only the sampled frames — identified by pts. PyAV releases the
+GIL while FFmpeg works, so K threads decode K GOPs at once.
 
 Correctness first: if a seek lands after the keyframe we need, the instance re-reads from the start
 of the stream (demux only, no decoding) to it; if a wanted frame still does not come out (a decoder
@@ -26,6 +27,7 @@ import io
 import itertools
 import os
 import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,13 +38,25 @@ import numpy as np
 from .engines import DecodeResult
 from .errors import VideoDecodeError
 from .index import OPEN_OPTIONS, VideoIndex
-from .plan import Segment, earlier_start, merge_runs, plan_decode, segments_for
+from .plan import Segment, earlier_start, merge_runs, segments_for
 from .resize import resize_frames
 
 # Codecs whose FFmpeg decoder honours skip_frame=NONREF per packet (checked when the packet's pictures
 # are parsed, in the worker thread's context under frame threading too). VP9/AV1 are left out: libdav1d
 # reads skip_frame once at open, and VP9's non-reference frames only occur with temporal layers.
 SKIP_NONREF_CODECS = frozenset({"h264", "hevc"})
+
+
+def _reformat_takes_threads() -> bool:
+    """Recent PyAV lets a conversion choose its thread count (older releases take no such argument)."""
+    try:
+        av.VideoFrame(16, 16, "yuv420p").to_ndarray(format="rgb24", threads=1)
+    except TypeError:
+        return False
+    return True
+
+
+_REFORMAT_THREADS = _reformat_takes_threads()
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
@@ -68,6 +82,11 @@ class _Reader:
 
     def __init__(self, data: bytes, index: VideoIndex, codec_threads: int) -> None:
         self._data, self._index, self._codec_threads = data, index, codec_threads
+        # RGB conversion (swscale) on as many threads as the decoder: K busy instances already fill the
+        # cores, and swscale's own per-call threads then only cost synchronisation (same bytes out).
+        self.to_rgb: dict[str, object] = {"format": "rgb24"}
+        if _REFORMAT_THREADS:
+            self.to_rgb["threads"] = codec_threads
         self._container: av.container.InputContainer | None = None
         self.reopen()
 
@@ -111,18 +130,21 @@ class _Reader:
     def _seek(self, start: int) -> Iterator[tuple[int, av.Packet]] | None:
         """Seek to the keyframe at ``start`` (or before); None unless the demuxer landed at or before."""
         frame = int(self._index.presentation_index[start])
-        # mov seeks by dts, matroska by pts: the smaller one never lands after the keyframe.
-        target = int(min(self._index.pts[frame], self._index.dts[frame]))
-        try:
-            self._container.seek(target, stream=self.stream, backward=True, any_frame=False)
-        except av.FFmpegError:
-            return None
-        packets = self._demux()
-        first = next(packets, None)
-        landed = self._decode_index_of(first.pts) if first is not None else None
-        if landed is None or landed > start:
-            return None
-        return self._numbered(itertools.chain([first], packets), landed)
+        pts, dts = int(self._index.pts[frame]), int(self._index.dts[frame])
+        # The keyframe's pts lands exactly on it with mov and matroska here; a demuxer that compares dts
+        # could land after it, and then the smaller stamp (dts) cannot. Landing early only costs demuxing
+        # (a whole GOP of packets with mov: why pts is tried first).
+        for target in dict.fromkeys((pts, min(pts, dts))):
+            try:
+                self._container.seek(target, stream=self.stream, backward=True, any_frame=False)
+            except av.FFmpegError:
+                return None
+            packets = self._demux()
+            first = next(packets, None)
+            landed = self._decode_index_of(first.pts) if first is not None else None
+            if landed is not None and landed <= start:
+                return self._numbered(itertools.chain([first], packets), landed)
+        return None
 
     def _numbered(self, packets: Iterator[av.Packet], first: int) -> Iterator[tuple[int, av.Packet]]:
         index = self._index
@@ -164,7 +186,7 @@ def _decode_run(reader: _Reader, index: VideoIndex, run: Segment, got: dict[int,
             outcome.produced += 1
             target = wanted.pop(frame.pts, None)
             if target is not None:
-                rgb = frame.to_ndarray(format="rgb24")
+                rgb = frame.to_ndarray(**reader.to_rgb)
                 if target_size is not None:
                     rgb = resize_frames(rgb[None], *target_size)[0]
                 got[target] = rgb
@@ -178,22 +200,67 @@ def _decode_run(reader: _Reader, index: VideoIndex, run: Segment, got: dict[int,
     return outcome
 
 
-def _decode_instance(data: bytes, index: VideoIndex, runs: list[Segment], codec_threads: int,
+class _WorkQueue:
+    """One request's runs, largest first; each instance takes the next one whenever it is free.
+
+    This is longest-processing-time-first as list scheduling on real progress rather than on the
+    packet-count estimate alone (plan.balance): a run's real cost also depends on its keyframe, on the
+    non-reference frames skipped and on what else the cores are doing, and a late instance simply ends
+    up taking fewer runs. A failed instance stops the others from starting new runs.
+    """
+
+    def __init__(self, runs: Sequence[Segment]) -> None:
+        self._todo = deque(sorted(runs, key=lambda r: (-r.cost, r.start)))
+        self._lock = threading.Lock()
+        self._failed = False
+
+    def take(self) -> Segment | None:
+        with self._lock:
+            return None if self._failed or not self._todo else self._todo.popleft()
+
+    def fail(self) -> None:
+        with self._lock:
+            self._failed = True
+
+
+def runs_for(index: VideoIndex, frames: Sequence[int], num_instances: int) -> list[Segment]:
+    """The GOP segments of ``frames``; neighbours that touch or overlap are joined into one run (decoded
+    straight through: no seek, no drain, no frame decoded twice) while the run stays under an eighth of
+    an instance's share, so dense sampling does not cost a seek per frame and every instance still gets
+    several runs to balance with."""
+    segments = segments_for(index, frames)
+    total = sum(seg.cost for seg in segments)
+    cap = total if num_instances <= 1 else max(1, total // (8 * num_instances))
+    runs: list[Segment] = []
+    for seg in segments:  # sorted by start
+        prev = runs[-1] if runs else None
+        if prev is not None and seg.start <= prev.end + 1 and max(prev.end, seg.end) - prev.start < cap:
+            runs[-1] = Segment(start=prev.start, end=max(prev.end, seg.end),
+                               frames=tuple(sorted(set(prev.frames) | set(seg.frames))))
+        else:
+            runs.append(seg)
+    return runs
+
+
+def _decode_instance(data: bytes, index: VideoIndex, work: _WorkQueue, codec_threads: int,
                      target_size: tuple[int, int] | None,
                      skip_nonref: bool = False) -> tuple[dict[int, np.ndarray], int, int]:
-    """One decoder instance: its runs in order, with the fallbacks described in the module doc.
-
-    Returns (frames, frames the decoder produced, runs decoded).
-    """
+    """One decoder instance: runs from ``work`` until none is left, with the fallbacks described in the
+    module doc (its own retries first). Returns (frames, frames the decoder produced, runs decoded)."""
     got: dict[int, np.ndarray] = {}
     produced, num_runs = 0, 0
     reader = _Reader(data, index, codec_threads)
     try:
         # (run, retry level): 0 as planned, 1 from the previous keyframe, 2 from the stream's start.
         # Bounded so a damaged file costs at most a few extra decodes, never one per GOP.
-        pending: list[tuple[Segment, int]] = [(run, 0) for run in runs]
-        while pending:
-            run, level = pending.pop(0)
+        pending: list[tuple[Segment, int]] = []
+        while True:
+            if pending:
+                run, level = pending.pop(0)
+            else:
+                run, level = work.take(), 0
+                if run is None:
+                    break
             num_runs += 1
             skip = skip_nonref and level == 0  # a retry takes no chances
             try:
@@ -214,7 +281,11 @@ def _decode_instance(data: bytes, index: VideoIndex, runs: list[Segment], codec_
             retry = merge_runs(segments_for(index, missing, start_of=dict.fromkeys(missing, start)))
             pending = [(r, level + 1) for r in retry] + pending
     except av.FFmpegError as exc:
+        work.fail()
         raise VideoDecodeError(f"could not decode the video: {exc} (corrupt or truncated?)") from exc
+    except BaseException:
+        work.fail()
+        raise
     finally:
         reader.close()
     return got, produced, num_runs
@@ -237,21 +308,25 @@ class PyAVEngine:
 
     def decode(self, data: bytes, index: VideoIndex, frames: Sequence[int], num_instances: int,
                target_size: tuple[int, int] | None) -> DecodeResult:
-        plan = plan_decode(index, frames, num_instances)
-        # Cores the busy instances leave idle go to FFmpeg's own threads (same output either way).
-        codec_threads = max(1, (os.cpu_count() or 1) // max(1, len(plan)))
+        runs = runs_for(index, frames, num_instances)
+        busy = min(num_instances, len(runs))
+        work = _WorkQueue(runs)
+        # Cores the busy instances leave idle go to FFmpeg's own threads (same output either way): a lone
+        # instance decodes with frame threads, K >= cores instances with one thread each.
+        codec_threads = max(1, (os.cpu_count() or 1) // max(1, busy))
         skip = self.skip_nonref and index.codec in SKIP_NONREF_CODECS
-        if len(plan) <= 1:
-            results = [_decode_instance(data, index, runs, codec_threads, target_size, skip) for runs in plan]
+        if busy <= 1:
+            results = [_decode_instance(data, index, work, codec_threads, target_size, skip)] if runs else []
         else:
             pool = _pool(num_instances)
-            futures: list[Future] = [pool.submit(_decode_instance, data, index, runs, codec_threads,
-                                                 target_size, skip) for runs in plan]
+            futures: list[Future] = [pool.submit(_decode_instance, data, index, work, codec_threads,
+                                                 target_size, skip) for _ in range(busy)]
             try:
                 results = [f.result() for f in futures]
             finally:
+                work.fail()  # after a failure, start no new run nobody will read
                 for f in futures:
-                    f.cancel()  # after a failure, do not start work nobody will read
+                    f.cancel()
         merged: dict[int, np.ndarray] = {}
         for got, _, _ in results:
             merged.update(got)
