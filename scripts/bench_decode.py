@@ -243,8 +243,8 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup:
 
     Methods take turns (run 1 of every method, then run 2...), so a slow spell of this shared machine
     hits them all alike. A method stops early once it has min(3, reps) runs and spent ``max_cell_s``.
-    ``on_first(name, output)`` sees each method's first output, which is then dropped; numbers that a
-    method returns (frame counts) are kept per run in ``values``."""
+    ``on_first(name, output)`` sees each method's first output, which is then dropped; a number a method
+    returns (frame count, engine time) is kept per run in ``values``."""
     seen: set[str] = set()
 
     def take(name: str, out: object) -> None:
@@ -263,7 +263,8 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup:
                 continue
             ms, busy, out = quiet.run(fn)
             take(name, out)
-            runs[name].append((ms, busy, out if isinstance(out, (int, float)) else None))
+            value = out.engine_ms if isinstance(out, FlashOut) else out if isinstance(out, (int, float)) else None
+            runs[name].append((ms, busy, value))
             del out
         print(f"   run {rep + 1}/{reps} of every method done ({quiet.discarded} disturbed runs repeated, "
               f"{quiet.waited_s:.0f} s waited for quiet so far)", flush=True)
@@ -322,6 +323,32 @@ class Method:
     frames_decoded: int | None = None  # baselines: packets their decoder goes through
 
 
+class FlashOut(NamedTuple):
+    video: object  # DecodedVideo
+    engine_ms: float  # of it, inside the engine: plan, decode, RGB (no index, hash, sampling, output stack)
+
+
+_engine_ms: dict[str, float] = {}
+
+
+def time_engine(name: str) -> None:
+    """Make engine ``name`` record how long its own decode() takes (benchmark instrumentation only)."""
+    engine = get_engine(name)
+    inner = engine.decode
+    if getattr(inner, "timed_by_bench", False):
+        return
+
+    def decode(*args: object, **kwargs: object) -> object:
+        t0 = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            _engine_ms[name] = (time.perf_counter() - t0) * 1e3
+
+    decode.timed_by_bench = True
+    engine.decode = decode
+
+
 def methods_for(w: Workload, data: bytes, index, indices: list[int], first_on_clip: bool,
                 flashcodec: list[FlashRow]) -> list[Method]:
     unique = sorted(set(indices))
@@ -337,18 +364,18 @@ def methods_for(w: Workload, data: bytes, index, indices: list[int], first_on_cl
     for engine, k, resize, skip in flashcodec:
         config = DecoderConfig(engine=engine, num_instances=k)
 
-        def run(config: DecoderConfig = config, resize: bool = resize, skip: bool = skip) -> object:
+        def run(config: DecoderConfig = config, resize: bool = resize, skip: bool = skip) -> FlashOut:
             clear_index_cache()  # cold: the demux index is part of the latency
-            if skip:
-                return _sync(decode_video(data, w.spec, config, resize=resize))
             pyav = get_engine("pyav")
-            pyav.skip_nonref = False  # ablation: every packet of every run decoded
+            pyav.skip_nonref = skip  # False: the ablation, every packet of every run decoded
             try:
-                return decode_video(data, w.spec, config, resize=resize)
+                video = _sync(decode_video(data, w.spec, config, resize=resize))
             finally:
                 pyav.skip_nonref = True
+            return FlashOut(video, _engine_ms[config.engine])
 
         name = f"flashcodec-{engine}-k{k}" + ("-resize" if resize else "") + ("" if skip else "-noskip")
+        time_engine(engine)
         methods.append(Method(name, run, engine=engine, instances=k, resize=resize))
     return methods
 
@@ -380,6 +407,8 @@ def run_workload(w: Workload, data: bytes, cores: int, first_on_clip: bool, flas
     def on_first(name: str, out: object) -> None:
         if name in (_RATE, _INDEX):
             return
+        if isinstance(out, FlashOut):
+            out = out.video
         frames = out if isinstance(out, np.ndarray) else _as_numpy(out.frames)
         if not reference:
             reference.append(frames)
@@ -405,8 +434,10 @@ def run_workload(w: Workload, data: bytes, cores: int, first_on_clip: bool, flas
                "latency": stats[m.name], "frames_decoded": m.frames_decoded, "check": checks.get(m.name)}
         if m.name in outputs:
             row["frames_decoded"], row["num_segments"] = outputs[m.name]
+            row["engine_ms"] = float(np.median(stats[m.name]["values"]))  # the engine's share of it
         if m.engine == "pyav":
             row["efficiency"] = bound_ms / stats[m.name]["median_ms"]
+            row["engine_efficiency"] = bound_ms / row["engine_ms"]  # decode alone (no index, no stack)
         result["methods"].append(row)
     _add_ratios(result)
     print(f"   1-thread full decode {fps:.0f} frames/s -> bound {bound_ms:.0f} ms on {cores} cores; "
@@ -433,7 +464,7 @@ def _row_text(row: dict) -> str:
     if "speedup_vs_seq" in row:
         text += f"  x{row['speedup_vs_seq']:5.2f} vs seq  x{row['speedup_vs_seq-ft']:5.2f} vs seq-ft"
     if "efficiency" in row:
-        text += f"  eff {row['efficiency']:4.0%}"
+        text += f"  eff {row['efficiency']:4.0%} (engine {row['engine_ms']:.0f} ms: {row['engine_efficiency']:4.0%})"
     check = row.get("check")
     if check and not check["exact"]:
         text += f"  NOT EXACT (PSNR {check['psnr_db']})"
@@ -460,17 +491,22 @@ def machine_info() -> dict:
 
 
 def print_table(results: list[dict]) -> None:
-    print("\n| workload | method | median ms | p90 ms | runs | vs (a) seq | vs seq-ft | efficiency | frames decoded |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| workload | method | median ms | p90 ms | runs | vs (a) seq | vs seq-ft | efficiency "
+          "| engine ms (eff.) | frames decoded |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for w in results:
         for r in w["methods"]:
             eff = f"{r['efficiency']:.0%}" if "efficiency" in r else ""
+            engine = f"{r['engine_ms']:.0f}" if "engine_ms" in r else ""
+            if "engine_efficiency" in r:
+                engine += f" ({r['engine_efficiency']:.0%})"
             lat = r["latency"]
             print(f"| {w['name']} | {r['method']} | {lat['median_ms']:.0f} | {lat['p90_ms']:.0f} | {lat['reps']} "
-                  f"| {r['speedup_vs_seq']:.2f}x | {r['speedup_vs_seq-ft']:.2f}x | {eff} | {r['frames_decoded']} |")
+                  f"| {r['speedup_vs_seq']:.2f}x | {r['speedup_vs_seq-ft']:.2f}x | {eff} | {engine} "
+                  f"| {r['frames_decoded']} |")
         print(f"| {w['name']} | *bound*: {w['plan_frames']} frames / {w['single_core_fps']:.0f} fps / "
-              f"{w['cores']} cores | {w['bound_ms']:.0f} | | | | | | |")
-        print(f"| {w['name']} | *cold index (in FlashCodec's latency)* | {w['index_ms']:.0f} | | | | | | |")
+              f"{w['cores']} cores | {w['bound_ms']:.0f} | | | | | | | |")
+        print(f"| {w['name']} | *cold index (in FlashCodec's latency)* | {w['index_ms']:.0f} | | | | | | | |")
 
 
 def plot(results: list[dict], path: Path, title: str) -> bool:

@@ -50,6 +50,8 @@ def test_quick_run_writes_the_report(video_dir: Path, tmp_path: Path) -> None:  
     assert rows["seq"]["speedup_vs_seq"] == pytest.approx(1.0)
     flash = rows[f"flashcodec-pyav-k{cores}"]
     assert flash["efficiency"] == pytest.approx(workload["bound_ms"] / flash["latency"]["median_ms"])
+    assert 0 < flash["engine_ms"] <= flash["latency"]["median_ms"]  # the engine's share of one run
+    assert flash["engine_efficiency"] == pytest.approx(workload["bound_ms"] / flash["engine_ms"])
     assert flash["frames_decoded"] <= workload["plan_frames"]  # non-reference frames may be skipped
     assert report["targets"]["method"] == f"flashcodec-pyav-k{cores}"
     assert set(report["targets"]["efficiency"]) == {"360p-gop30-8f"}
