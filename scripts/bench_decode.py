@@ -8,10 +8,10 @@ Side by side in one run, on the same clips and the same frame indices (DESIGN.md
 delivers the sampled frames as one uint8 [T, H, W, 3] RGB array, in sampled order:
 
 - ``seq``      (a) sequential decode with PyAV's default threading, RGB conversion of the sampled frames
-               only, up to the last one (vLLM's pyav/opencv loaders, qwen-vl-utils);
+               only, up to the last one (what vLLM's loaders do: every frame decoded, sampled ones kept);
 - ``seq-all``  (a) converting every frame to RGB (torchvision ``read_video``-style; the extra frames are
                dropped, not kept); once per clip;
-- ``seq-ft``   (a) with FFmpeg frame threads on every core (what OpenCV's FFmpeg backend does);
+- ``seq-ft``   (a) with FFmpeg frame threads on every core (a multi-threaded reader like OpenCV's);
 - ``seek``     (b) per sampled frame: seek to its keyframe, decode forward to it (naive "seek per frame");
 - ``flashcodec-<engine>-k<K>``  ``decode_video(..., DecoderConfig(engine, num_instances=K), resize=False)``
                with a cold index cache every run (index time included, and reported alone as well);
