@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/bench_decode.py [--quick] [--out bench_out/decode] [--reps 5]
         [--instances 1,2] [--engine pyav|nvdec] [--workloads NAME,...] [--video-dir artifacts/videos]
+        [--no-baselines]   # FlashCodec rows + bound only: minutes instead of ~20 for the full workloads
 
 Side by side in one run, on the same clips and the same frame indices (DESIGN.md 7); every method
 delivers the sampled frames as one uint8 [T, H, W, 3] RGB array, in sampled order:
@@ -350,17 +351,8 @@ def time_engine(name: str) -> None:
 
 
 def methods_for(w: Workload, data: bytes, index, indices: list[int], first_on_clip: bool,
-                flashcodec: list[FlashRow]) -> list[Method]:
-    unique = sorted(set(indices))
-    through_last = int(max(index.decode_index[f] for f in unique)) + 1
-    seek_cost = sum(int(index.decode_index[f]) - decode_start(index, f) + 1 for f in unique)
-    methods = [Method("seq", lambda: decode_sequential(data, index, indices), frames_decoded=through_last)]
-    if first_on_clip:  # the same for every workload on a clip: measured once
-        methods.append(Method("seq-all", lambda: decode_sequential(data, index, indices, convert_all=True),
-                              frames_decoded=through_last))
-    methods.append(Method("seq-ft", lambda: decode_sequential(data, index, indices, frame_threads=True),
-                          frames_decoded=through_last))
-    methods.append(Method("seek", lambda: decode_seek_each(data, index, indices), frames_decoded=seek_cost))
+                flashcodec: list[FlashRow], baselines: bool = True) -> list[Method]:
+    methods = baseline_methods(data, index, indices, first_on_clip) if baselines else []
     for engine, k, resize, skip in flashcodec:
         config = DecoderConfig(engine=engine, num_instances=k)
 
@@ -377,6 +369,20 @@ def methods_for(w: Workload, data: bytes, index, indices: list[int], first_on_cl
         name = f"flashcodec-{engine}-k{k}" + ("-resize" if resize else "") + ("" if skip else "-noskip")
         time_engine(engine)
         methods.append(Method(name, run, engine=engine, instances=k, resize=resize))
+    return methods
+
+
+def baseline_methods(data: bytes, index, indices: list[int], first_on_clip: bool) -> list[Method]:
+    unique = sorted(set(indices))
+    through_last = int(max(index.decode_index[f] for f in unique)) + 1
+    seek_cost = sum(int(index.decode_index[f]) - decode_start(index, f) + 1 for f in unique)
+    methods = [Method("seq", lambda: decode_sequential(data, index, indices), frames_decoded=through_last)]
+    if first_on_clip:  # the same for every workload on a clip: measured once
+        methods.append(Method("seq-all", lambda: decode_sequential(data, index, indices, convert_all=True),
+                              frames_decoded=through_last))
+    methods.append(Method("seq-ft", lambda: decode_sequential(data, index, indices, frame_threads=True),
+                          frames_decoded=through_last))
+    methods.append(Method("seek", lambda: decode_seek_each(data, index, indices), frames_decoded=seek_cost))
     return methods
 
 
@@ -399,9 +405,11 @@ def run_workload(w: Workload, data: bytes, cores: int, first_on_clip: bool, flas
         clear_index_cache()
         return get_index(data, config)
 
-    methods = methods_for(w, data, index, indices, first_on_clip, flashcodec)
+    methods = methods_for(w, data, index, indices, first_on_clip, flashcodec, baselines=not args.no_baselines)
     fns = {_RATE: lambda: full_decode_one_core(data, index), _INDEX: cold_index, **{m.name: m.run for m in methods}}
     reference: list[np.ndarray] = []  # (a)'s frames, the first output of "seq"
+    if args.no_baselines:  # still checked against (a): one untimed sequential decode
+        reference.append(decode_sequential(data, index, indices))
     checks, outputs = {}, {}
 
     def on_first(name: str, out: object) -> None:
@@ -451,7 +459,8 @@ def _add_ratios(result: dict) -> None:
     by_name = {r["method"]: r["latency"]["median_ms"] for r in result["methods"]}
     for row in result["methods"]:
         for base in ("seq", "seq-ft"):
-            row[f"speedup_vs_{base}"] = by_name[base] / row["latency"]["median_ms"]
+            if base in by_name:  # not with --no-baselines
+                row[f"speedup_vs_{base}"] = by_name[base] / row["latency"]["median_ms"]
 
 
 def _spec_dict(spec: SamplingSpec) -> dict:
@@ -501,8 +510,9 @@ def print_table(results: list[dict]) -> None:
             if "engine_efficiency" in r:
                 engine += f" ({r['engine_efficiency']:.0%})"
             lat = r["latency"]
+            vs = [f"{r[k]:.2f}x" if k in r else "" for k in ("speedup_vs_seq", "speedup_vs_seq-ft")]
             print(f"| {w['name']} | {r['method']} | {lat['median_ms']:.0f} | {lat['p90_ms']:.0f} | {lat['reps']} "
-                  f"| {r['speedup_vs_seq']:.2f}x | {r['speedup_vs_seq-ft']:.2f}x | {eff} | {engine} "
+                  f"| {vs[0]} | {vs[1]} | {eff} | {engine} "
                   f"| {r['frames_decoded']} |")
         print(f"| {w['name']} | *bound*: {w['plan_frames']} frames / {w['single_core_fps']:.0f} fps / "
               f"{w['cores']} cores | {w['bound_ms']:.0f} | | | | | | | |")
@@ -551,7 +561,7 @@ def check_targets(results: list[dict], cores: int) -> dict:
     eff = {w: r["efficiency"] for w, r in rows.items() if r is not None}
     out = {"method": name, "efficiency": eff, "efficiency_target": 0.7,
            "efficiency_met": bool(eff) and min(eff.values()) >= 0.7}
-    if rows.get("720p-gop30-32f"):
+    if rows.get("720p-gop30-32f") and "speedup_vs_seq" in rows["720p-gop30-32f"]:
         speedup = rows["720p-gop30-32f"]["speedup_vs_seq"]
         out.update(speedup_720p_gop30_32f_vs_seq=speedup, speedup_target=3.0, speedup_met=speedup >= 3.0)
     return out
@@ -574,6 +584,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--from-json", type=Path, help="measure nothing: print the table and redraw the PNG of "
                    "an earlier results.json")
     p.add_argument("--no-resize", action="store_true", help="skip the FlashCodec-with-resize row")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="time only the FlashCodec rows (and the bound's full decode): a quick A/B of engine "
+                   "changes; frames are still checked against one untimed sequential decode")
     p.add_argument("--no-ablation", action="store_true",
                    help="skip the FlashCodec row that decodes non-reference frames too (-noskip)")
     p.add_argument("--max-cell-s", type=float, default=120.0,

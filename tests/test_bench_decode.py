@@ -72,5 +72,16 @@ def test_unavailable_gpu_engine_is_skipped_or_measured(video_dir: Path, tmp_path
     assert "nvdec" in report["skipped"] or "flashcodec-nvdec-k1" in methods
 
 
+def test_no_baselines_times_flashcodec_only(video_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    report = _run(video_dir, tmp_path / "bench", "--no-baselines", "--instances", "1", "--no-resize")
+    (workload,) = report["workloads"]
+    rows = {row["method"]: row for row in workload["methods"]}
+    assert set(rows) == {"flashcodec-pyav-k1", "flashcodec-pyav-k1-noskip"}
+    for row in rows.values():
+        assert row["check"]["exact"]  # against an untimed sequential decode
+        assert row["efficiency"] > 0 and "speedup_vs_seq" not in row
+    assert "speedup_met" not in report["targets"]
+
+
 def test_unknown_workload_is_refused(tmp_path: Path) -> None:
     assert bench_decode.main(["--workloads", "no-such-workload", "--out", str(tmp_path)]) == 2
