@@ -423,9 +423,10 @@ def cost_model_check(engine: Engine, run: RunRecord) -> dict:
     s = run.steps
     try:
         cost = engine.cost
-        tokens = step_col(s, "num_decode_tokens") + step_col(s, "num_prefill_tokens")
-        pred = np.asarray([cost.llm_s(int(t), float(a)) for t, a in zip(tokens, step_col(s, "attention_work"),
-                                                                           strict=True)])
+        decodes, prefills = step_col(s, "num_decode_tokens"), step_col(s, "num_prefill_tokens")
+        tokens = decodes + prefills
+        pred = np.asarray([cost.llm_s(int(d), int(p), float(a)) for d, p, a in zip(
+            decodes, prefills, step_col(s, "attention_work"), strict=True)])
         enc = step_col(s, "encoder_tokens") > 0
         pred_enc = np.asarray([cost.encoder.predict([p, e]) for p, e in zip(
             step_col(s, "num_encoder_pieces_started")[enc], step_col(s, "encoder_tokens")[enc], strict=True)])
@@ -447,7 +448,7 @@ def cost_model_state(engine: Engine) -> dict:
     """The online cost model's coefficients (best effort: reads engine internals for reporting only)."""
     try:
         llm, enc = engine.cost.llm, engine.cost.encoder
-        return {"llm_w_[1,tokens,attention_kwork]": [float(x) for x in llm.w],
+        return {"llm_w_[1,decode_rows,prefill_tokens,attention_kwork]": [float(x) for x in llm.w],
                 "encoder_w_[pieces_started,encoder_tokens]": [float(x) for x in enc.w],
                 "llm_samples": len(llm._xs), "encoder_samples": len(enc._xs)}
     except AttributeError as exc:

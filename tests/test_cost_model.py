@@ -6,7 +6,7 @@ import random
 from types import SimpleNamespace
 
 from unifiedserve.config import EngineConfig
-from unifiedserve.cost_model import OnlineLinearFit, StepCostModel, step_budgets
+from unifiedserve.cost_model import OnlineLinearFit, StepCostModel, step_budgets, step_target_s
 
 
 def test_fit_recovers_known_costs_from_noisy_samples():
@@ -25,34 +25,69 @@ def test_coefficients_never_go_negative():
     assert (fit.w >= 0).all()
 
 
-def _decoders(n: int, context: int, tpot_slo_ms: float | None = None):
-    return [SimpleNamespace(num_tokens=context, tpot_slo_ms=tpot_slo_ms) for _ in range(n)]
+def _decoders(n: int, context: int, tpot_slo_ms: float | None = None, outputs: int = 1,
+              first_token_time: float | None = None):
+    return [SimpleNamespace(num_tokens=context, tpot_slo_ms=tpot_slo_ms, num_output_tokens=outputs,
+                            first_token_time=first_token_time) for _ in range(n)]
 
 
-def test_budgets_fill_the_tpot_headroom():
+def _cost(intercept=0.010, decode=1e-4, prefill=1e-4, attention=0.0, encoder=1e-3) -> StepCostModel:
     cost = StepCostModel()
-    cost.llm.w[:] = [0.010, 1e-4, 0.0]  # 10 ms per step + 0.1 ms per token
-    cost.encoder.w[:] = [0.0, 1e-3]  # 1 ms per encoder token
+    cost.llm.w[:] = [intercept, decode, prefill, attention]
+    cost.encoder.w[:] = [0.0, encoder]
+    return cost
+
+
+def test_budgets_are_the_headroom_under_the_tpot_target():
+    cost = _cost()  # 10 ms per forward + 0.1 ms per decode row / prefill token; 1 ms per encoder token
     cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=1.0, max_num_batched_tokens=4096,
-                       encoder_budget_tokens=4096, min_prefill_chunk=4)
-    # 4 decoders: 10.4 ms predicted, 39.6 ms headroom; half to the encoder when videos wait.
-    b = step_budgets(cfg, cost, _decoders(4, 100), prefill_context=0, encoder_pending=True)
-    assert b.tokens == 4 + int(0.0396 * 0.5 / 1e-4)
-    assert abs(b.encoder_tokens - 0.0396 * 0.5 / 1e-3) < 1e-6
-    # No video waiting: all headroom to prefill.
-    b = step_budgets(cfg, cost, _decoders(4, 100), prefill_context=0, encoder_pending=False)
-    assert b.tokens == 4 + int(0.0396 / 1e-4) and b.encoder_tokens == 0.0
-    # A tighter per-request SLO wins; no headroom left -> the minimum prefill chunk only.
-    b = step_budgets(cfg, cost, _decoders(4, 100, tpot_slo_ms=5.0), prefill_context=0, encoder_pending=True)
-    assert b.tokens == 4 + 4 and b.encoder_tokens == 0.0
+                       encoder_budget_tokens=4096)
+    # 4 decoders: 10.4 ms predicted, 39.6 ms of headroom shared by prefill and encoder work.
+    b = step_budgets(cfg, cost, _decoders(4, 100), [], now=0.0)
+    assert abs(b.time_s - 0.0396) < 1e-9 and b.target_s == 0.05 and b.timed
+    assert b.tokens == 4 + int(0.0396 / 1e-4) and abs(b.encoder_tokens - 39.6) < 1e-6
+    # A tighter per-request SLO wins; no headroom at all -> nothing but the scheduler's forced unit.
+    b = step_budgets(cfg, cost, _decoders(4, 100, tpot_slo_ms=5.0), [], now=0.0)
+    assert b.time_s == 0.0 and b.tokens == 4 and b.encoder_tokens == 0.0
 
 
-def test_budgets_are_the_maxima_without_decoders_slo_or_for_baselines():
+def test_a_stream_that_used_its_slack_gets_short_steps():
+    cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=1.0)
+    fresh = _decoders(1, 100, outputs=10, first_token_time=0.0)  # 10 gaps may take 500 ms, 100 ms used
+    assert step_target_s(cfg, fresh, [], now=0.1) == 0.05  # plenty of slack: the per-gap target
+    late = _decoders(1, 100, outputs=10, first_token_time=0.0)  # 480 ms used: 20 ms left for this gap
+    assert abs(step_target_s(cfg, late, [], now=0.48) - 0.02) < 1e-9
+    over = _decoders(1, 100, outputs=10, first_token_time=0.0)
+    b = step_budgets(cfg, _cost(), over, [], now=0.6)  # already over its SLO: decode only
+    assert b.time_s == 0.0
+
+
+def test_idle_steps_are_capped_so_arrivals_are_seen_soon():
+    cost = _cost()
+    cfg = EngineConfig(model_path="x", tpot_slo_ms=25.0)
+    assert step_target_s(cfg, [], [], now=0.0) == 0.05  # 2 x the TPOT target by default
+    assert abs(step_budgets(cfg, cost, [], [], now=0.0).time_s - 0.04) < 1e-9  # minus one forward's fixed part
+    assert step_target_s(EngineConfig(model_path="x", tpot_slo_ms=25.0, max_idle_step_ms=200.0), [], [], 0.0) == 0.2
+    # No TPOT target anywhere: no cap; a waiting request's own TPOT SLO sets one.
+    assert step_target_s(EngineConfig(model_path="x"), [], [], 0.0) is None
+    assert step_target_s(EngineConfig(model_path="x"), [], _decoders(1, 10, tpot_slo_ms=30.0), 0.0) == 0.06
+
+
+def test_budgets_are_the_maxima_without_slo_or_for_baselines():
     cost = StepCostModel()
     base = {"model_path": "x", "max_num_batched_tokens": 512, "encoder_budget_tokens": 256}
-    cfg = EngineConfig(**base, tpot_slo_ms=50.0)
     full = (512, 256.0)
-    assert tuple(vars(step_budgets(cfg, cost, [], 0, True)).values()) == full
-    assert tuple(vars(step_budgets(EngineConfig(**base), cost, _decoders(2, 10), 0, True)).values()) == full
-    blocking = EngineConfig(**base, tpot_slo_ms=50.0, policy="blocking")
-    assert tuple(vars(step_budgets(blocking, cost, _decoders(2, 10), 0, True)).values()) == full
+    b = step_budgets(EngineConfig(**base), cost, _decoders(2, 10), [], 0.0)
+    assert (b.tokens, b.encoder_tokens) == full and not b.timed
+    for policy in ("blocking", "fcfs"):
+        b = step_budgets(EngineConfig(**base, tpot_slo_ms=50.0, policy=policy), cost, _decoders(2, 10), [], 0.0)
+        assert (b.tokens, b.encoder_tokens) == full and not b.timed
+
+
+def test_a_feature_never_seen_keeps_its_prior_price():
+    """A window of decode-only steps says nothing about prefill: its price must not be fitted to zero
+    (that would make the next step's prefill budget unlimited)."""
+    fit = OnlineLinearFit(prior=[1e-3, 1e-4, 5e-4], min_samples=4, every=1)
+    for n in range(1, 40):
+        fit.add([1.0, float(n % 8 + 1), 0.0], 2e-3 + 3e-4 * (n % 8 + 1))
+    assert abs(fit.w[2] - 5e-4) < 1e-12 and abs(fit.w[1] - 3e-4) < 1e-9

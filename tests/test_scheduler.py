@@ -31,6 +31,7 @@ import torch
 
 from unifiedserve.block_manager import BlockManager
 from unifiedserve.config import POLICIES, EngineConfig
+from unifiedserve.cost_model import StepCostModel
 from unifiedserve.policy import Policy
 from unifiedserve.request import Request, RequestStatus, VideoItem
 from unifiedserve.sampling_params import SamplingParams
@@ -83,7 +84,7 @@ class Trace:
     requests: list[Request] = field(default_factory=list)
 
 
-def make_trace(policy: str, seed: int) -> Trace:
+def make_trace(policy: str, seed: int, tpot_slo_ms: float = 0.0) -> Trace:
     rng = random.Random(seed)
     block_size = rng.choice([1, 2, 4, 8, 16])
     capacity = rng.choice([48, 64, 100, 200, 1000])  # KV pool in tokens: small pools force preemption
@@ -97,6 +98,8 @@ def make_trace(policy: str, seed: int) -> Trace:
         block_size=block_size,
         num_kv_blocks=-(-capacity // block_size),
         max_model_len=rng.choice([80, 10**6]),
+        tpot_slo_ms=tpot_slo_ms,
+        min_prefill_chunk=rng.choice([1, 4, 16]),
     )
     pool_tokens = config.num_kv_blocks * block_size
     # Engine.make_request caps a request at the KV pool: it stops with "length" once it fills the pool.
@@ -331,12 +334,45 @@ def _check_state(s: Scheduler, requests: list[Request], ctx: str) -> None:
 
 
 # ---- the driver ---------------------------------------------------------------------------------------
+def fixed_cost_model(rng: random.Random) -> StepCostModel:
+    """Prices in seconds that make the TPOT targets of the timed traces bind (never refitted: no observe)."""
+    cost = StepCostModel()
+    cost.llm.w[:] = [rng.choice([1e-3, 4e-3]), rng.choice([2e-4, 1e-3]), rng.choice([1e-4, 1e-3]), 1e-3]
+    cost.encoder.w[:] = [rng.choice([0.0, 1e-3]), rng.choice([2e-4, 2e-3])]
+    return cost
+
+
+STEP_S = 0.01  # simulated time per step (the timed traces' TPOT slack follows it)
+
+
+def _check_time(s: Scheduler, out: SchedulerOutput, ctx: str) -> bool:
+    """Timed (unified + TPOT target): prefill and encoder work fit the headroom the budgets give, except for
+    one forced unit in a step that has nothing else: one vision block of one group (or of the piece in
+    flight), or at most min_prefill_chunk tokens of one request."""
+    b = out.budgets
+    if b is None or not b.timed:
+        return False
+    cost = s.cost
+    planned = sum(cost.encoder_s(int(w.block_start == 0), w.num_tokens) for w in out.encoder_work)
+    prefills = out.chunks[out.num_decodes:]
+    for c in prefills:
+        planned += c.num_tokens * cost.prefill_token_s(c.start + c.num_tokens // 2)
+    if planned <= b.time_s + 1e-9:
+        return False
+    forced_encoder = (len(out.encoder_work) == 1 and not prefills and out.encoder_work[0].num_blocks == 1)
+    forced_prefill = (not out.encoder_work and len(prefills) == 1
+                      and prefills[0].num_tokens <= s.config.min_prefill_chunk)
+    assert forced_encoder or forced_prefill, f"{ctx}: planned {planned:.4f} s > headroom {b.time_s:.4f} s"
+    return True
+
+
 def run_trace(trace: Trace, seed: int) -> dict[str, int]:
     """Drive the trace to the end, checking every step; returns counts of what happened (for coverage)."""
     rng = random.Random(seed * 7919 + 1)
     stats = {"steps": 0, "preemptions": 0, "partial_slices": 0, "partial_prefills": 0, "cancelled": 0}
     cfg = trace.config
-    scheduler = Scheduler(cfg, BlockManager(cfg.num_kv_blocks, cfg.block_size))
+    cost = fixed_cost_model(rng) if cfg.tpot_slo_ms else None
+    scheduler = Scheduler(cfg, BlockManager(cfg.num_kv_blocks, cfg.block_size), cost)
     runner = FakeRunner()
     last_arrival = max(trace.arrivals, default=0)
     for step in range(MAX_STEPS):
@@ -353,9 +389,13 @@ def run_trace(trace: Trace, seed: int) -> dict[str, int]:
             continue
 
         before = _snapshot(scheduler)
-        out = scheduler.schedule()
+        now = step * STEP_S
+        out = scheduler.schedule(now=now)
         assert not out.is_empty, f"{ctx}: empty plan with unfinished requests (deadlock)"
         _check_plan(scheduler, before, out, ctx)
+        if cfg.tpot_slo_ms:
+            stats["timed_steps"] = stats.get("timed_steps", 0) + int(out.budgets.timed)
+            stats["forced_units"] = stats.get("forced_units", 0) + int(_check_time(scheduler, out, ctx))
         stats["steps"] += 1
         stats["preemptions"] += len(out.preempted)
         stats["partial_slices"] += sum(w.group_end < w.video.num_groups for w in out.encoder_work)
@@ -369,6 +409,8 @@ def run_trace(trace: Trace, seed: int) -> dict[str, int]:
                 continue
             req = c.request
             req.output_token_ids.append(rng.randrange(100))  # OutputProcessor.append_token's stop rules
+            if req.first_token_time is None:
+                req.first_token_time = now + STEP_S
             if rng.random() < trace.eos_prob:
                 scheduler.finish(req, RequestStatus.FINISHED_STOPPED)
             elif req.num_output_tokens >= req.sampling_params.max_tokens or req.num_tokens >= req.max_total_tokens:
@@ -389,6 +431,25 @@ def run_trace(trace: Trace, seed: int) -> dict[str, int]:
 def test_random_traces_keep_invariants(policy: str, seed: int) -> None:
     trace = make_trace(policy, seed)
     run_trace(trace, seed)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_timed_traces_keep_invariants(seed: int) -> None:
+    """unified with a TPOT target: the same invariants, plus the time headroom (and its one forced unit)."""
+    trace = make_trace("unified", seed, tpot_slo_ms=_timed_slo(seed))
+    run_trace(trace, seed)
+
+
+def _timed_slo(seed: int) -> float:
+    return random.Random(seed).choice([2.0, 5.0, 20.0, 80.0])
+
+
+def test_random_timed_traces_exercise_time_budgets() -> None:
+    totals: dict[str, int] = {}
+    for seed in range(30):
+        for key, value in run_trace(make_trace("unified", seed, tpot_slo_ms=_timed_slo(seed)), seed).items():
+            totals[key] = totals.get(key, 0) + value
+    assert totals["timed_steps"] > 0 and totals["forced_units"] > 0 and totals["partial_prefills"] > 0, totals
 
 
 def test_random_traces_exercise_preemption_and_slicing() -> None:
@@ -437,6 +498,49 @@ def test_decode_first_then_prefill_in_urgency_order() -> None:
     # a's decode first, then the rest of the budget to the more urgent c; b waits.
     assert [(x.request.request_id, x.num_tokens) for x in out.chunks] == [("a", 1), ("c", 7)]
     assert b.status == RequestStatus.WAITING
+
+
+def test_new_urgent_request_goes_ahead_of_a_running_prefill() -> None:
+    """Running prefills and waiting requests share one urgency order: a question with a tight TTFT deadline
+    that arrives while a long prompt is being prefilled in chunks takes the step's prefill budget first."""
+    s = _scheduler(max_num_batched_tokens=8, num_kv_blocks=100, block_size=4)
+    long = _text_request("long", 40, arrival=0.0)
+    long.ttft_slo_ms = 5000.0
+    s.add(long)
+    _step(s)  # long: first 8-token chunk, now running in prefill
+    assert long.status == RequestStatus.RUNNING and long.num_computed_tokens == 8
+    quick = _text_request("quick", 5, arrival=1.0)
+    quick.ttft_slo_ms = 100.0  # deadline 1.1 s, long's is 5.0 s
+    s.add(quick)
+    out = _step(s)
+    assert [(x.request.request_id, x.num_tokens) for x in out.chunks] == [("quick", 5), ("long", 3)]
+
+
+def test_timed_step_spends_the_headroom_in_urgency_order_with_one_forced_unit() -> None:
+    cfg = EngineConfig(model_path="unused", tpot_slo_ms=20.0, tpot_headroom=1.0, num_kv_blocks=100, block_size=4,
+                       min_prefill_chunk=2)
+    cost = StepCostModel()
+    cost.llm.w[:] = [0.004, 0.001, 0.001, 0.0]  # 4 ms per forward, 1 ms per decode row or prefill token
+    s = Scheduler(cfg, BlockManager(cfg.num_kv_blocks, cfg.block_size), cost)
+    a = _text_request("a", 3, max_tokens=100, arrival=0.0)
+    s.add(a)
+    out = s.schedule(now=0.0)  # no decoder: the idle cap (40 ms) - 4 ms leaves room for 36 tokens; a needs 3
+    assert [(x.request.request_id, x.num_tokens) for x in out.chunks] == [("a", 3)]
+    s.update_from_output(out)
+    a.output_token_ids, a.first_token_time = [7], 0.01
+    b, c = _text_request("b", 30, priority=2, arrival=0.0), _text_request("c", 30, priority=1, arrival=0.0)
+    s.add(b)
+    s.add(c)
+    out = s.schedule(now=0.01)
+    # target 20 ms - (4 + 1) ms for a's decode = 15 ms of headroom: 15 tokens of c (more urgent), none of b.
+    assert [(x.request.request_id, x.num_tokens) for x in out.chunks] == [("a", 1), ("c", 15)]
+    assert abs(out.budgets.time_s - 0.015) < 1e-9
+    s.update_from_output(out)
+    a.output_token_ids.append(7)
+    # a has used its slack (2 gaps, 55 ms elapsed > 40 ms allowed): decode only, plus one forced unit for c.
+    out = s.schedule(now=0.055)
+    assert out.budgets.time_s == 0.0
+    assert [(x.request.request_id, x.num_tokens) for x in out.chunks] == [("a", 1), ("c", 2)]
 
 
 def test_fcfs_ignores_priority() -> None:

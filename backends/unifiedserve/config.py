@@ -27,7 +27,8 @@ class EngineConfig:
     policy: str = "unified"
     tpot_slo_ms: float = 0.0  # default TPOT target for requests without one (0: none; budgets = maxima)
     tpot_headroom: float = 0.9  # plan steps to this fraction of the TPOT target (noise margin)
-    min_prefill_chunk: int = 16  # prefill tokens per step even when decodes leave no headroom
+    min_prefill_chunk: int = 16  # forced progress: prefill tokens of the most urgent request in a step with no headroom
+    max_idle_step_ms: float = 0.0  # unified, no stream decoding: step time cap (0: 2 x the TPOT target; none without)
     overlap_encoder: bool = True  # on CUDA: encoder slices on a low-priority stream beside the LLM step
     encoder_cache_tokens: int = 65536  # encoder output cache (visual tokens) for repeated videos
 

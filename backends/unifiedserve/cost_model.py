@@ -1,15 +1,25 @@
 """Step cost model fitted online from measured step times, and the per-step budgets it implies.
 
-UnifiedServe keeps every running stream within its TPOT SLO: a step's predicted time = LLM time
-(decode tokens + prefill chunk tokens + attention work) + encoder time (encoder tokens carried through
-the tower). Decode tokens come first; the headroom left under the TPOT target is what prefill chunks and
-encoder slices may use. Coefficients are refitted by least squares over a sliding window of measured
-steps (non-negative, with a prior until enough samples exist), so the budgets follow the real machine.
+UnifiedServe keeps every running stream within its TPOT SLO: a step's predicted time = LLM time (a fixed
+part per forward + decode rows + prefill tokens + attention work) + encoder time (pieces started + encoder
+tokens carried through the tower). Decode rows and prefill tokens have separate prices: on a CPU, and for
+small batches on a GPU, a decode row costs mostly the weight reads it shares with the rest of the batch
+while a prefill token costs its full matmuls. Coefficients are refitted by least squares over a sliding
+window of measured steps (non-negative, with a prior until enough samples exist), so the budgets follow
+the real machine.
+
+The step's time target (`step_target_s`) comes from the running streams' TPOT SLOs: every gap stays under
+the tightest SLO x `tpot_headroom`, and a stream whose mean TPOT so far has used up its slack (a slow
+earlier step, a preemption) gets decode-only steps until it is back under its SLO. Decodes are planned
+first; what is left of the target is the time headroom that prefill chunks and encoder slices share, in
+urgency order (scheduler.py).
 """
 
 from __future__ import annotations
 
 import collections
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +40,7 @@ class StepStats:
     encoder_s: float
     token_budget: int = 0
     encoder_budget: float = 0.0
+    target_s: float = 0.0  # the step's planned time (0: no target, the configured maxima applied)
 
 
 class OnlineLinearFit:
@@ -50,74 +61,115 @@ class OnlineLinearFit:
 
     def _refit(self) -> None:
         x, y = np.asarray(self._xs), np.asarray(self._ys)
-        w, *_ = np.linalg.lstsq(x, y, rcond=None)
+        # A feature that never varied in the window (e.g. no prefill seen yet) keeps its prior price instead of
+        # being fitted to zero: a zero price would make the next step's budget unlimited.
+        varied = x.std(axis=0) > 0
+        varied[0] = True  # the intercept column
+        fixed = ~varied
+        y_rest = y - x[:, fixed] @ self.w[fixed] if fixed.any() else y
+        cols = np.flatnonzero(varied)
+        w = np.zeros(len(cols))
+        active = np.ones(len(cols), dtype=bool)
         # A negative marginal cost is noise (collinear features on a busy machine): drop it and refit.
-        active = w > 0
-        if not active.all() and active.any():
-            w = np.zeros_like(w)
-            w[active], *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
-        self.w = np.maximum(w, 0.0)
+        for _ in range(len(cols)):
+            w[:] = 0.0
+            w[active], *_ = np.linalg.lstsq(x[:, cols[active]], y_rest, rcond=None)
+            if (w >= 0).all():
+                break
+            active &= w > 0
+            if not active.any():
+                break
+        new = self.w.copy()
+        new[cols] = np.maximum(w, 0.0)
+        self.w = new
 
     def predict(self, x: list[float]) -> float:
         return float(np.dot(self.w, x))
 
 
 class StepCostModel:
-    # Priors for a small CPU model; the fit replaces them after a few dozen steps.
+    # Priors for the small CPU model; the fit replaces them after a few dozen steps.
     def __init__(self) -> None:
-        self.llm = OnlineLinearFit(prior=[2e-3, 5e-5, 1e-6])  # [1, tokens, attention work]
-        self.encoder = OnlineLinearFit(prior=[1e-3, 1e-4])  # [pieces started, encoder tokens]
+        # [1, decode rows, prefill tokens, attention kwork]
+        self.llm = OnlineLinearFit(prior=[6e-3, 1e-3, 2.5e-4, 1e-4])
+        self.encoder = OnlineLinearFit(prior=[3e-3, 1.5e-4])  # [pieces started, encoder tokens]
 
     def observe(self, s: StepStats) -> None:
         if s.num_decode_tokens + s.num_prefill_tokens:
-            self.llm.add(self._llm_x(s.num_decode_tokens + s.num_prefill_tokens, s.attention_work), s.llm_s)
+            self.llm.add([1.0, float(s.num_decode_tokens), float(s.num_prefill_tokens), s.attention_work], s.llm_s)
         if s.encoder_tokens:
-            self.encoder.add([s.num_encoder_pieces_started, s.encoder_tokens], s.encoder_s)
+            self.encoder.add([float(s.num_encoder_pieces_started), s.encoder_tokens], s.encoder_s)
 
-    @staticmethod
-    def _llm_x(tokens: int, attention_work: float) -> list[float]:
-        return [1.0, float(tokens), attention_work]
+    def llm_s(self, decode_tokens: int, prefill_tokens: int, attention_work: float) -> float:
+        return self.llm.predict([1.0, float(decode_tokens), float(prefill_tokens), attention_work])
 
-    def llm_s(self, tokens: int, attention_work: float) -> float:
-        return self.llm.predict(self._llm_x(tokens, attention_work))
+    def prefill_token_s(self, context: int) -> float:
+        """Marginal time of one prefill token that attends over `context` tokens."""
+        return max(self.llm.w[2] + self.llm.w[3] * context / 1000.0, 1e-9)
+
+    def encoder_s(self, pieces_started: int, encoder_tokens: float) -> float:
+        return self.encoder.predict([float(pieces_started), encoder_tokens])
 
     @property
-    def s_per_prefill_token(self) -> float:
-        return max(self.llm.w[1], 1e-9)
-
-    @property
-    def s_per_encoder_token(self) -> float:
+    def encoder_token_s(self) -> float:
         return max(self.encoder.w[1], 1e-9)
 
 
 @dataclass(frozen=True)
 class StepBudgets:
+    """Limits one step starts with. `tokens` counts decodes too. `time_s` is the headroom left for prefill
+    and encoder work after the decodes (inf: no time target); `target_s` the whole step's target (0: none)."""
+
     tokens: int
     encoder_tokens: float
+    time_s: float = math.inf
+    target_s: float = 0.0
+
+    @property
+    def timed(self) -> bool:
+        return not math.isinf(self.time_s)
 
 
-def step_budgets(config, cost: StepCostModel, decoders: list, prefill_context: int,
-                 encoder_pending: bool) -> StepBudgets:
-    """Token and encoder budgets for one step (policy `unified`).
+def step_target_s(config, decoders: Sequence, candidates: Sequence, now: float) -> float | None:
+    """The time one step may take (policy `unified`), or None when no TPOT target applies.
 
-    Without running decoders or a TPOT target the configured maxima apply (nobody's stream can stall).
-    Otherwise the step must fit the tightest TPOT among running streams: decode time is predicted first,
-    the headroom under the target goes to prefill chunks and (half of it, when videos wait for the
-    encoder) to encoder slices. `min_prefill_chunk` keeps new requests moving when there is no headroom;
-    the encoder's minimum unit is guaranteed by the planner.
+    With streams decoding: the tightest TPOT SLO x headroom (every gap stays under it), lowered to the
+    smallest remaining slack of a stream whose mean TPOT would otherwise go over its SLO. Without decoders:
+    `max_idle_step_ms` (default 2 x the TPOT target), so that a request arriving during a long prefill or
+    encoder step waits at most that long before the scheduler sees it.
     """
+    if config.policy != "unified":
+        return None
+    if decoders:
+        slos = [(r, (r.tpot_slo_ms or config.tpot_slo_ms) / 1000.0) for r in decoders]
+        slos = [(r, s) for r, s in slos if s > 0]
+        if not slos:
+            return None
+        target = min(s for _, s in slos) * config.tpot_headroom
+        for r, slo in slos:
+            first = getattr(r, "first_token_time", None)
+            if first is not None:
+                # After this step the stream has num_output_tokens gaps; keep their mean under its SLO.
+                target = min(target, slo * config.tpot_headroom * r.num_output_tokens - (now - first))
+        return target
+    if config.max_idle_step_ms > 0:
+        return config.max_idle_step_ms / 1000.0
+    slos = [s for s in [config.tpot_slo_ms] + [r.tpot_slo_ms or 0.0 for r in candidates] if s > 0]
+    return 2.0 * min(slos) / 1000.0 if slos else None
+
+
+def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Sequence, now: float) -> StepBudgets:
+    """Budgets for one step: the configured maxima, and (policy `unified` with a TPOT target) the time
+    headroom left under the step's target after the predicted decode time. `tokens` / `encoder_tokens`
+    are then what the headroom would buy if all of it went to prefill (at no context) / to the encoder;
+    the scheduler spends the headroom itself, request by request, at each request's context."""
     full = StepBudgets(config.max_num_batched_tokens, float(config.encoder_budget_tokens))
-    if config.policy != "unified" or not decoders:
+    target = step_target_s(config, decoders, candidates, now)
+    if target is None:
         return full
-    slos = [r.tpot_slo_ms for r in decoders if r.tpot_slo_ms] or ([config.tpot_slo_ms] if config.tpot_slo_ms else [])
-    if not slos:
-        return full
-    target_s = min(slos) / 1000.0 * config.tpot_headroom
     decode_attention = sum(r.num_tokens for r in decoders) / 1000.0
-    headroom = max(0.0, target_s - cost.llm_s(len(decoders), decode_attention))
-    encoder_share = 0.5 if encoder_pending else 0.0
-    per_prefill_token = cost.s_per_prefill_token + cost.llm.w[2] * prefill_context / 1000.0
-    prefill = int(headroom * (1.0 - encoder_share) / per_prefill_token)
-    tokens = len(decoders) + max(config.min_prefill_chunk, prefill)
-    encoder = headroom * encoder_share / cost.s_per_encoder_token
-    return StepBudgets(min(tokens, config.max_num_batched_tokens), min(encoder, float(config.encoder_budget_tokens)))
+    headroom = max(0.0, target - cost.llm_s(len(decoders), 0, decode_attention))
+    tokens = len(decoders) + int(min(headroom / cost.prefill_token_s(0), config.max_num_batched_tokens))
+    encoder = headroom / cost.encoder_token_s
+    return StepBudgets(min(tokens, config.max_num_batched_tokens), min(encoder, float(config.encoder_budget_tokens)),
+                       headroom, target)

@@ -117,7 +117,7 @@ class Engine:
         return self._postprocess(plan, logits)
 
     def _record(self, plan: SchedulerOutput, start: float, encoder_s: float, llm_s: float) -> None:
-        decodes = sum(1 for c in plan.chunks if c.num_tokens == 1 and c.request.num_output_tokens > 0)
+        decodes = plan.num_decodes
         stats = StepStats(
             start_s=start, end_s=time.monotonic(),
             num_decode_tokens=decodes, num_prefill_tokens=plan.num_batched_tokens - decodes,
@@ -127,6 +127,7 @@ class Engine:
             llm_s=llm_s, encoder_s=encoder_s,
             token_budget=plan.budgets.tokens if plan.budgets else 0,
             encoder_budget=plan.budgets.encoder_tokens if plan.budgets else 0.0,
+            target_s=plan.budgets.target_s if plan.budgets else 0.0,
         )
         self.cost.observe(stats)
         self.step_stats.append(stats)

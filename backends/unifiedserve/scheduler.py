@@ -6,6 +6,7 @@ then encoder slices and prefill chunks of requests in urgency order, under expli
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from unifiedserve.block_manager import BlockManager
@@ -39,6 +40,7 @@ class SchedulerOutput:
     encoder_work: list[EncoderWork] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
     budgets: StepBudgets | None = None
+    num_decodes: int = 0  # the first chunks are one decode token each for these many running streams
 
     @property
     def num_batched_tokens(self) -> int:
@@ -101,9 +103,9 @@ class Scheduler:
             self.waiting.remove(request)
 
     # ---- planning ---------------------------------------------------------------------------
-    def schedule(self) -> SchedulerOutput:
+    def schedule(self, now: float | None = None) -> SchedulerOutput:
         out = SchedulerOutput()
-        token_budget = self.config.max_num_batched_tokens
+        now = time.monotonic() if now is None else now
         num_decodes = 0
         self.running.sort(key=self.policy.key)
         self.waiting.sort(key=self.policy.key)
@@ -124,13 +126,14 @@ class Scheduler:
                 scheduled.add(req.request_id)
                 num_decodes += 1
 
-        # 2. Encoder slices and prefill chunks: running requests still in prefill, then waiting ones,
-        #    within what the decodes leave of the step's time under the TPOT target (cost model).
+        # 2. Encoder slices and prefill chunks, most urgent request first: running requests still in prefill
+        #    and waiting ones in ONE policy order (a text question with a tight TTFT deadline goes ahead of a
+        #    long video's prefill that started earlier), within what the decodes leave of the step.
         prefilling = [r for r in self.running if r.request_id not in scheduled]
-        candidates = prefilling + list(self.waiting)
-        out.budgets = self._budgets([r for r in self.running if r.request_id in scheduled], candidates)
-        token_budget = out.budgets.tokens - num_decodes
-        encoder_budget = out.budgets.encoder_tokens
+        candidates = sorted(prefilling + self.waiting, key=self.policy.key)
+        decoders = [r for r in self.running if r.request_id in scheduled]
+        out.budgets = budgets = step_budgets(self.config, self.cost, decoders, candidates, now)
+        spend = _Spend(budgets, self.config, self.cost, num_decodes)
         slots = self.config.max_num_seqs - len(self.running)
         for req in candidates:
             is_new = req.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED)
@@ -141,15 +144,17 @@ class Scheduler:
                 # blocks would then run while the more urgent victim waits. Next step admits in policy order.
                 continue
             if is_new and slots <= 0:
-                break
-            work = plan_encoder(req, encoder_budget, self.policy.slices_encoder, allow_minimum=not out.encoder_work)
-            out.encoder_work.extend(work)
-            encoder_budget -= sum(w.num_tokens for w in work)
-            if token_budget <= 0:
                 continue
+            work = plan_encoder(req, spend.encoder_cap(req), self.policy.slices_encoder,
+                                allow_minimum=spend.may_force(out.encoder_work))
+            out.encoder_work.extend(work)
+            spend.encoder(req, work)
             planned = self._planned_groups(req, out)
             limit = min(req.num_tokens, _visual_limit(req, planned))
-            n = min(limit - req.num_computed_tokens, token_budget)
+            wanted = limit - req.num_computed_tokens
+            if wanted <= 0:
+                continue
+            n = spend.prefill_cap(req.num_computed_tokens, wanted)
             # Fix (deadlock): a running request in prefill takes the blocks of less urgent running requests.
             # Without this, two prefills that each hold part of the pool (e.g. one waited for its encoder
             # while another started) wait for each other forever: only decodes used to preempt.
@@ -160,12 +165,13 @@ class Scheduler:
                 continue
             self.blocks.allocate(req, n)
             out.chunks.append(TokenChunk(req, req.num_computed_tokens, req.num_computed_tokens + n))
-            token_budget -= n
+            spend.prefill(req.num_computed_tokens, n, wanted)
             if is_new:
                 self.waiting.remove(req)
                 self.running.append(req)
                 req.status = RequestStatus.RUNNING
                 slots -= 1
+        out.num_decodes = sum(1 for c in out.chunks if c.request.request_id in scheduled)
         self._check_budgets(out)
         return out
 
@@ -189,12 +195,6 @@ class Scheduler:
                     item.embeddings = None
 
     # ---- helpers ----------------------------------------------------------------------------
-    def _budgets(self, decoders: list[Request], candidates: list[Request]) -> StepBudgets:
-        window = candidates[: max(1, self.config.max_num_seqs)]
-        encoder_pending = any(not v.fully_encoded for r in window for v in r.videos)
-        prefill_context = max((r.num_tokens for r in window), default=0)
-        return step_budgets(self.config, self.cost, decoders, prefill_context, encoder_pending)
-
     def _planned_groups(self, req: Request, out: SchedulerOutput) -> dict[int, int]:
         if not self.same_step_encoder:
             return {}
@@ -238,8 +238,8 @@ class Scheduler:
         out.chunks = [c for c in out.chunks if c.request is not req]
 
     def _check_budgets(self, out: SchedulerOutput) -> None:
-        decodes = sum(1 for c in out.chunks if c.num_tokens == 1 and c.request.num_output_tokens > 0)
-        assert out.num_batched_tokens <= max(self.config.max_num_batched_tokens, decodes), "token budget exceeded"
+        assert out.num_batched_tokens <= max(self.config.max_num_batched_tokens, out.num_decodes), (
+            "token budget exceeded")
         assert len(self.running) <= self.config.max_num_seqs, "max_num_seqs exceeded"
         if self.policy.slices_encoder:
             # The one allowed overrun: a single group through a single block when nothing else is encoded.
@@ -248,6 +248,83 @@ class Scheduler:
             assert out.num_encoder_tokens <= max(self.config.encoder_budget_tokens, smallest_unit) + 1e-9, (
                 "encoder budget exceeded"
             )
+
+
+class _Spend:
+    """What is left of one step's budgets while the scheduler walks the candidates in urgency order.
+
+    Without a time target (blocking, fcfs, or no TPOT SLO) only the configured maxima count. With one, the
+    prefill chunks and encoder slices also share the step's time headroom, priced by the cost model at each
+    request's context. Two rules keep urgency and progress:
+    - once a request could not get all the work it could use, later (less urgent) requests get none of that
+      kind in this step: cheaper work of a less urgent request never overtakes it;
+    - one unit may exceed the time headroom per step, and only when nothing else was planned (one group
+      through one vision block, or `min_prefill_chunk` tokens), so the most urgent request always moves even
+      when the decodes fill the step, and a step never carries two forced units.
+    """
+
+    def __init__(self, budgets: StepBudgets, config: EngineConfig, cost: StepCostModel, num_decodes: int) -> None:
+        self.timed = budgets.timed
+        self.cost = cost
+        self.tokens = config.max_num_batched_tokens - num_decodes
+        self.encoder_tokens = float(config.encoder_budget_tokens)
+        self.time_s = budgets.time_s
+        self.min_prefill = config.min_prefill_chunk
+        self.progressed = False  # any prefill or encoder work planned in this step
+        self.encoder_closed = self.prefill_closed = False
+
+    # encoder
+    def encoder_cap(self, req: Request) -> float:
+        if self.encoder_closed:
+            return 0.0
+        if not self.timed:
+            return self.encoder_tokens
+        # The planner may start up to two pieces per video (whole groups, then a partial one): reserve their
+        # fixed cost before converting the rest of the time into encoder tokens.
+        pending = sum(1 for v in req.videos if not v.fully_encoded)
+        time_s = self.time_s - 2 * pending * self.cost.encoder.w[0]
+        return max(0.0, min(self.encoder_tokens, time_s / self.cost.encoder_token_s))
+
+    def may_force(self, planned_encoder_work: list[EncoderWork]) -> bool:
+        if not self.timed:
+            return not planned_encoder_work  # the configured encoder budget may be below one unit
+        return not self.progressed and not self.encoder_closed
+
+    def encoder(self, req: Request, work: list[EncoderWork]) -> None:
+        if work:
+            used = sum(w.num_tokens for w in work)
+            self.encoder_tokens -= used
+            self.time_s -= self.cost.encoder_s(sum(1 for w in work if w.block_start == 0), used)
+            self.progressed = True
+        if self.timed and any(not v.fully_encoded for v in req.videos) and not _finishes_encoding(req, work):
+            self.encoder_closed = True
+
+    # prefill
+    def prefill_cap(self, context: int, wanted: int) -> int:
+        if self.prefill_closed or self.tokens <= 0:
+            return 0
+        n = min(wanted, self.tokens)
+        if not self.timed:
+            return n
+        afford = self.time_s / self.cost.prefill_token_s(context + n // 2)
+        if afford < n:
+            n = int(afford) if afford >= 1 else 0
+        if n <= 0 and not self.progressed:
+            n = min(wanted, self.tokens, self.min_prefill)
+        return n
+
+    def prefill(self, context: int, n: int, wanted: int) -> None:
+        self.tokens -= n
+        self.time_s -= n * self.cost.prefill_token_s(context + n // 2)
+        self.progressed = True
+        if self.timed and n < wanted:
+            self.prefill_closed = True
+
+
+def _finishes_encoding(req: Request, work: list[EncoderWork]) -> bool:
+    """The planned work completes every video of `req` that still needs the encoder."""
+    done = {id(w.video): w.group_end for w in work if w.completes}
+    return all(v.fully_encoded or done.get(id(v), 0) >= v.num_groups for v in req.videos)
 
 
 def _visual_limit(req: Request, planned: dict[int, int]) -> int:
