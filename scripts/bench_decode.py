@@ -326,7 +326,7 @@ class Method:
 
 class FlashOut(NamedTuple):
     video: object  # DecodedVideo
-    engine_ms: float  # of it, inside the engine: plan, decode, RGB (no index, hash, sampling, output stack)
+    engine_ms: float  # of it, inside the engine: plan, decode, RGB into the output array (no index, hash, sampling)
 
 
 _engine_ms: dict[str, float] = {}

@@ -1,7 +1,8 @@
 """decode_video: compressed bytes in, sampled and resized frames out.
 
-validate limits -> index (cached by content hash) -> sample -> plan + decode on K instances ->
-merge in sampled order -> DecodedVideo. Every client-side problem surfaces as VideoDecodeError.
+validate limits -> index (cached by content hash) -> sample -> plan + decode on K instances, each
+writing its frames straight into their slots of the one output array (FrameSink, sampled order) ->
+DecodedVideo. Every client-side problem surfaces as VideoDecodeError.
 
 GPU engines return CUDA tensors (uint8 [T, H, W, 3], resized on the GPU with the same resize_frames
 math) unless ``output_device="cpu"``. A GPU engine that fails on a request, or cannot decode this video
@@ -14,16 +15,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config import DecodedVideo, DecoderConfig, SamplingSpec
 from .engines import DecodeResult, UnsupportedByEngine, get_engine
 from .errors import VideoDecodeError
+from .frame_sink import FrameSink
 from .index import IndexCache, VideoIndex, check_limits, read_index
 from .sampling import sample_frames
+
+if TYPE_CHECKING:
+    import torch
 
 _index_cache = IndexCache()
 DEFAULT_DECODER_CONFIG = DecoderConfig()  # frozen: safe to share as a default
@@ -41,10 +45,8 @@ def decode_video(data: bytes, spec: SamplingSpec, config: DecoderConfig = DEFAUL
     content_hash = hashlib.sha256(data).hexdigest()
     index = get_index(data, config, content_hash)
     sample = sample_frames(index, spec, config.max_output_frames)
-    unique = np.unique(sample.frame_indices)
     target = (sample.height, sample.width) if resize else None
-    result = _decode(data, index, unique.tolist(), config, target)
-    frames = stack_frames(result.frames, sample.frame_indices)
+    frames, result = _decode(data, index, sample.frame_indices, config, target)
     if config.output_device == "cpu" and not isinstance(frames, np.ndarray):
         frames = frames.cpu().numpy()
     return DecodedVideo(
@@ -62,33 +64,25 @@ def decode_video(data: bytes, spec: SamplingSpec, config: DecoderConfig = DEFAUL
     )
 
 
-def _decode(data: bytes, index: VideoIndex, frames: Sequence[int], config: DecoderConfig,
-            target: tuple[int, int] | None) -> DecodeResult:
+def _decode(data: bytes, index: VideoIndex, order: np.ndarray, config: DecoderConfig,
+            target: tuple[int, int] | None) -> tuple[np.ndarray | torch.Tensor, DecodeResult]:
+    """The frames ``order`` names, in that order, as one uint8 [T, H, W, 3] array (numpy, or a torch
+    tensor on the GPU engine's device), and what decoding them cost."""
+    frames = np.unique(order).tolist()
     engine = get_engine(config.engine, config)  # EngineUnavailable (deployment problem) is never masked
     try:
-        return engine.decode(data, index, frames, num_instances(config), target)
+        out = FrameSink(order, target)
+        result = engine.decode(data, index, frames, num_instances(config), out)
+        return out.result(), result
     except Exception as exc:  # noqa: BLE001 - any GPU-engine failure may go to the CPU engine instead
         unsupported = isinstance(exc, UnsupportedByEngine)
         if engine.name == "pyav" or not (config.fallback_to_cpu or (unsupported and config.engine == "auto")):
             raise
         logger.warning("flashcodec: %s engine failed on a %s %dx%d video (%s: %s); decoding it with pyav",
                        engine.name, index.codec, index.width, index.height, type(exc).__name__, exc)
-    return get_engine("pyav", config).decode(data, index, frames, num_instances(config), target)
-
-
-def stack_frames(frames: dict[int, Any], order: np.ndarray) -> np.ndarray | Any:
-    """Frames in sampled order as one uint8 [T, H, W, 3] array (numpy) or tensor (torch, same device)."""
-    picked = [frames[int(i)] for i in order]
-    if isinstance(picked[0], np.ndarray):
-        return np.stack(picked)
-    import torch
-
-    out = torch.stack(picked)
-    if out.is_cuda:
-        # The frames were made on decoder streams and are freed when this returns: finish the copy
-        # first, so the caching allocator cannot hand their memory to a decoder while it is read.
-        torch.cuda.current_stream(out.device).synchronize()
-    return out
+    out = FrameSink(order, target)  # a fresh one: the failed engine may have filled part of the first
+    result = get_engine("pyav", config).decode(data, index, frames, num_instances(config), out)
+    return out.result(), result
 
 
 def get_index(data: bytes, config: DecoderConfig, content_hash: str | None = None) -> VideoIndex:

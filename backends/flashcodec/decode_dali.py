@@ -4,8 +4,9 @@ Pipeline (built once per device and reused): ``fn.external_source`` "encoded" (t
 "frames" (the presentation indices a sample decodes) -> ``fn.decoders.video(encoded, device=...,
 frames=...)`` -> RGB uint8 [F, H, W, 3] per sample. The plan (plan.py) is the same as the other engines':
 instance i's frames become sample i, and DALI decodes the samples of the batch in parallel (CPU: its
-thread pool; ``mixed``: NVDEC). Resizing is the reference resize_frames afterwards (on the GPU for
-``mixed``), not ``fn.resize``, so every engine resizes with the same math.
+thread pool; ``mixed``: NVDEC). Each frame is then copied from DALI's output buffer into the request's
+output (FrameSink), resized there with the reference resize_frames (on the GPU for ``mixed``), not
+``fn.resize``, so every engine resizes with the same math.
 
 Codecs (DALI 2.4 operator docs): ``mixed`` decodes H.264/HEVC/AV1/MPEG-4/VP8/VP9/MJPEG, the CPU variant
 VP8/VP9/MJPEG only (checked here: "Codec 27 (h264) is not supported by the CPU variant of this
@@ -30,9 +31,9 @@ import numpy as np
 from .config import DecoderConfig
 from .engines import DecodeResult, EngineUnavailable, UnsupportedByEngine
 from .errors import VideoDecodeError
+from .frame_sink import FrameSink
 from .index import VideoIndex
 from .plan import plan_cost, plan_decode
-from .resize import resize_frames
 
 CPU_CODECS = ("mjpeg", "vp8", "vp9")  # what DALI's CPU video decoder takes
 
@@ -56,7 +57,7 @@ class DaliEngine:
         self._next = itertools.count()
 
     def decode(self, data: bytes, index: VideoIndex, frames: Sequence[int], num_instances: int,
-               target_size: tuple[int, int] | None) -> DecodeResult:
+               out: FrameSink) -> DecodeResult:
         if self.device == "cpu" and index.codec not in CPU_CODECS:
             raise UnsupportedByEngine(
                 f"{index.codec!r} video is unsupported on the CPU DALI decoder (it decodes {', '.join(CPU_CODECS)}); "
@@ -71,36 +72,34 @@ class DaliEngine:
                     slot.pipe = _build_pipeline(slot.device, slot.device_id, self.max_batch, self.num_threads)
                 slot.pipe.feed_input("encoded", [encoded] * len(samples))
                 slot.pipe.feed_input("frames", samples)
-                (out,) = slot.pipe.run()
-                got = self._collect(out, samples, target_size)
+                (decoded,) = slot.pipe.run()
+                self._collect(decoded, samples, out)
             except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError for bad data and for its own faults
                 slot.pipe = None  # a pipeline that raised is no longer valid
                 raise VideoDecodeError(f"DALI could not decode the video ({index.codec}): {_first_line(exc)}") from exc
         # DALI seeks and decodes internally; the plan's cost is what a GOP-wise decode of these frames takes.
-        return DecodeResult(frames=got, num_decoded_frames=plan_cost(plan)[0],
+        return DecodeResult(num_decoded_frames=plan_cost(plan)[0],
                             num_segments=sum(len(runs) for runs in plan))
 
-    def _collect(self, out: Any, samples: list[np.ndarray], target_size: tuple[int, int] | None) -> dict:
-        got: dict = {}
+    def _collect(self, decoded: Any, samples: list[np.ndarray], out: FrameSink) -> None:
+        """Copy (and resize) every sample's frames from DALI's output buffers into ``out``: while the
+        slot's lock is held, before the pipeline runs again and reuses those buffers."""
         video = None
         for i, wanted in enumerate(samples):
             if self.device == "cpu":
-                video = np.array(out[i])  # a copy: the pipeline reuses its output buffers
+                video = np.asarray(decoded[i])  # a view of DALI's buffer (__array_interface__)
             else:
                 import torch
 
-                video = torch.from_dlpack(out[i]).clone()
+                video = torch.from_dlpack(decoded[i])
             if video.shape[0] != wanted.shape[0]:
                 raise RuntimeError(f"DALI returned {video.shape[0]} frames for {wanted.shape[0]} requested")
-            if target_size is not None:
-                video = resize_frames(video, *target_size)
             for k, frame_index in enumerate(wanted.tolist()):
-                got[frame_index] = video[k]
+                out.put(frame_index, video[k])
         if self.device != "cpu" and video is not None:
             import torch
 
             torch.cuda.current_stream(video.device).synchronize()  # copies done before DALI reuses its buffers
-        return got
 
 
 def _build_pipeline(device: str, device_id: int | None, batch_size: int, num_threads: int) -> Any:

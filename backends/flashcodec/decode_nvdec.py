@@ -5,7 +5,9 @@ requests in a per-GPU pool) decodes its runs in decode order. PyAV demuxes (the 
 sampled frames are found by pts exactly as on the CPU); H.264/HEVC packets go through the
 ``*_mp4toannexb`` filters and each run starts with the stream's parameter sets, so a session can start
 at any keyframe, also after the end-of-stream flush that ends the previous run. The decoder returns
-NV12 surfaces in display order; only sampled ones are kept, converted to RGB and resized on the GPU.
+NV12 surfaces in display order; only sampled ones are kept, converted to RGB and resized on the GPU
+(on the session's stream), then copied into the request's output tensor once every session is done.
+Retries after a missed frame are decode_pyav's (retry.py).
 
 PyNvVideoCodec facts this relies on (2.x sources: PyNvDecoder.cpp, NvDecoder.cpp, DecoderCommon.cpp):
 - ``Decoder.Decode`` releases the GIL, so sessions on threads decode concurrently.
@@ -21,10 +23,10 @@ PyNvVideoCodec facts this relies on (2.x sources: PyNvDecoder.cpp, NvDecoder.cpp
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from typing import Any
 
 import av
@@ -33,23 +35,19 @@ import numpy as np
 from .config import DecoderConfig
 from .engines import DecodeResult, EngineUnavailable, UnsupportedByEngine
 from .errors import VideoDecodeError
+from .frame_sink import FrameSink
 from .index import VideoIndex
 from .nvdec_sessions import Session, SessionPool
 from .nvdec_stream import NV_CODECS, Misaligned, PacketReader, StreamFormat, nv12_to_rgb, stream_format
-from .plan import Segment, earlier_start, merge_runs, plan_decode, segments_for
+from .plan import Segment, plan_decode
 from .resize import resize_frames
-
-
-@dataclass
-class _RunOutcome:
-    produced: int = 0
-    reached_end: bool = False
+from .retry import RunOutcome, decode_runs
 
 
 def _decode_run(session: Session, reader: PacketReader, index: VideoIndex, run: Segment, got: dict,
-                target_size: tuple[int, int] | None, fmt: StreamFormat, linear: bool = False) -> _RunOutcome:
+                target_size: tuple[int, int] | None, fmt: StreamFormat, linear: bool = False) -> RunOutcome:
     wanted = {int(index.pts[f]): f for f in run.frames if f not in got}
-    outcome = _RunOutcome()
+    outcome = RunOutcome()
 
     def take(decoded: list) -> None:  # at once: the next Decode call reuses these buffers
         for pts, frame in decoded:
@@ -75,36 +73,30 @@ def decode_instance(session: Session, data: bytes, index: VideoIndex, runs: list
     Returns (presentation index -> RGB frame, frames the decoder produced, runs decoded).
     """
     got: dict = {}
-    produced = num_runs = 0
     with session.device():
         reader = PacketReader(data, index, fmt)
+
+        def decode(run: Segment, level: int) -> RunOutcome:
+            try:
+                return _decode_run(session, reader, index, run, got, target_size, fmt)
+            except Misaligned:  # drop what the decoder holds, then read from the stream's start
+                session.decode(None, 0)
+                return _decode_run(session, reader, index, run, got, target_size, fmt, linear=True)
+
         try:
-            pending: list[tuple[Segment, int]] = [(run, 0) for run in runs]
-            while pending:
-                run, level = pending.pop(0)
-                num_runs += 1
-                try:
-                    outcome = _decode_run(session, reader, index, run, got, target_size, fmt)
-                except Misaligned:  # drop what the decoder holds, then read from the stream's start
-                    session.decode(None, 0)
-                    outcome = _decode_run(session, reader, index, run, got, target_size, fmt, linear=True)
-                produced += outcome.produced
-                missing = [f for f in run.frames if f not in got]
-                if not missing:
-                    continue
-                start = earlier_start(index, run.start) if level == 0 else (0 if run.start > 0 else None)
-                if not outcome.reached_end or start is None:
-                    where = f"frame {missing[0]} (t={index.times_s[missing[0]]:.3f} s)"
-                    raise VideoDecodeError(f"the GPU decoder could not produce {where}: the video is "
-                                           "truncated or corrupt")
-                retry = merge_runs(segments_for(index, missing, start_of=dict.fromkeys(missing, start)))
-                pending = [(r, level + 1) for r in retry] + pending
+            produced, num_runs = decode_runs(index, functools.partial(next, iter(runs), None), decode, got,
+                                             functools.partial(_undecodable, index))
         except av.FFmpegError as exc:
             raise VideoDecodeError(f"could not read the video's packets: {exc} (corrupt or truncated?)") from exc
         finally:
             reader.close()
             session.synchronize()  # frames are complete before another thread (or stream) reads them
     return got, produced, num_runs
+
+
+def _undecodable(index: VideoIndex, frame: int, outcome: RunOutcome) -> VideoDecodeError:
+    where = f"frame {frame} (t={index.times_s[frame]:.3f} s)"
+    return VideoDecodeError(f"the GPU decoder could not produce {where}: the video is truncated or corrupt")
 
 
 class NvdecEngine:
@@ -118,7 +110,8 @@ class NvdecEngine:
         self._executor = ThreadPoolExecutor(pool.capacity, thread_name_prefix="flashcodec-nvdec")
 
     def decode(self, data: bytes, index: VideoIndex, frames: Sequence[int], num_instances: int,
-               target_size: tuple[int, int] | None) -> DecodeResult:
+               out: FrameSink) -> DecodeResult:
+        target_size = out.target_size  # resized on the session's GPU, as it decodes
         fmt = stream_format(data, index)
         self._check_caps(index)
         sessions = self.pool.acquire(index.codec, index.width, index.height, min(num_instances, self.pool.capacity))
@@ -141,7 +134,13 @@ class NvdecEngine:
         if self._output_device is not None:  # sessions on several GPUs: one request's frames on one device
             merged = {i: f if str(f.device) == self._output_device else f.to(self._output_device)
                       for i, f in merged.items()}
-        return DecodeResult(frames=merged, num_decoded_frames=sum(r[1] for r in results),
+        # On this thread's current stream, after every session synchronized: the frames were made on the
+        # decoders' streams and are freed when this returns, so the copies finish first (out.synchronize),
+        # or the caching allocator could hand their memory to a decoder while it is read.
+        for i, frame in merged.items():
+            out.put(i, frame)
+        out.synchronize()
+        return DecodeResult(num_decoded_frames=sum(r[1] for r in results),
                             num_segments=sum(r[2] for r in results))
 
     def _instance(self, broken: set[int], session: Session, *args) -> tuple[dict, int, int]:

@@ -6,11 +6,14 @@ keyframe, decodes packets through the run's last sampled frame, drains the decod
 back for B-frame reordering) and keeps only the sampled frames — identified by pts. PyAV releases the
 GIL while FFmpeg works, so K threads decode K GOPs at once.
 
+Each sampled frame is converted to RGB once and written (resized, when the request resizes) straight
+into its slot of the request's output (frame_sink.py), by the instance that decoded it.
+
 Correctness first: if a seek lands after the keyframe we need, the instance re-reads from the start
 of the stream (demux only, no decoding) to it; if a wanted frame still does not come out (a decoder
 that drops frames it cannot reconstruct after a jump), the instance decodes it again from the previous
-keyframe, then from the start of the stream, then gives up with a VideoDecodeError. Frames are
-therefore bit-identical to a sequential full decode. Packets FFmpeg rejects as invalid data are
+keyframe, then from the start of the stream, then gives up with a VideoDecodeError (retry.py). Frames
+are therefore bit-identical to a sequential full decode. Packets FFmpeg rejects as invalid data are
 skipped (as the ffmpeg CLI does), so one damaged packet does not fail a whole request unless a
 sampled frame cannot be produced.
 
@@ -23,6 +26,7 @@ packet. A retry after a missed frame decodes without skipping.
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import os
@@ -30,16 +34,16 @@ import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import av
 import numpy as np
 
 from .engines import DecodeResult
 from .errors import VideoDecodeError
+from .frame_sink import FrameSink
 from .index import OPEN_OPTIONS, VideoIndex
-from .plan import Segment, earlier_start, merge_runs, segments_for
-from .resize import resize_frames
+from .plan import Segment, segments_for
+from .retry import RunOutcome, decode_runs
 
 # Codecs whose FFmpeg decoder honours skip_frame=NONREF per packet (checked when the packet's pictures
 # are parsed, in the worker thread's context under frame threading too). VP9/AV1 are left out: libdav1d
@@ -154,21 +158,13 @@ class _Reader:
             yield decode_idx, packet
 
 
-@dataclass
-class _RunOutcome:
-    produced: int = 0  # frames the decoder put out
-    bad_packets: int = 0  # packets FFmpeg refused as invalid data (skipped, as ffmpeg's CLI does)
-    reached_end: bool = False  # the demuxer delivered the run's last packet
-
-
-def _decode_run(reader: _Reader, index: VideoIndex, run: Segment, got: dict[int, np.ndarray],
-                target_size: tuple[int, int] | None, linear: bool = False,
-                skip_nonref: bool = False) -> _RunOutcome:
-    """Decode one run into ``got`` (presentation index -> RGB frame); ``skip_nonref``: let the decoder
-    drop non-reference pictures that are not wanted (see the module doc)."""
-    wanted = {int(index.pts[f]): f for f in run.frames if f not in got}
+def _decode_run(reader: _Reader, index: VideoIndex, run: Segment, out: FrameSink, linear: bool = False,
+                skip_nonref: bool = False) -> RunOutcome:
+    """Decode one run, putting its sampled frames into ``out``; ``skip_nonref``: let the decoder drop
+    non-reference pictures that are not wanted (see the module doc)."""
+    wanted = {int(index.pts[f]): f for f in run.frames if f not in out}
     ctx = reader.stream.codec_context
-    outcome = _RunOutcome()
+    outcome = RunOutcome()
     ctx.skip_frame = mode = "DEFAULT"
 
     def feed(packet: av.Packet | None) -> None:  # None drains the frames held back for reordering
@@ -186,10 +182,8 @@ def _decode_run(reader: _Reader, index: VideoIndex, run: Segment, got: dict[int,
             outcome.produced += 1
             target = wanted.pop(frame.pts, None)
             if target is not None:
-                rgb = frame.to_ndarray(**reader.to_rgb)
-                if target_size is not None:
-                    rgb = resize_frames(rgb[None], *target_size)[0]
-                got[target] = rgb
+                # A view of swscale's output; put() copies (or resizes) it into the output slot.
+                out.put(target, frame.to_ndarray(**reader.to_rgb))
 
     for decode_idx, packet in reader.packets(run.start, linear):
         feed(packet)
@@ -242,44 +236,25 @@ def runs_for(index: VideoIndex, frames: Sequence[int], num_instances: int) -> li
     return runs
 
 
-def _decode_instance(data: bytes, index: VideoIndex, work: _WorkQueue, codec_threads: int,
-                     target_size: tuple[int, int] | None,
-                     skip_nonref: bool = False) -> tuple[dict[int, np.ndarray], int, int]:
+def _decode_instance(data: bytes, index: VideoIndex, work: _WorkQueue, codec_threads: int, out: FrameSink,
+                     skip_nonref: bool = False) -> tuple[int, int]:
     """One decoder instance: runs from ``work`` until none is left, with the fallbacks described in the
-    module doc (its own retries first). Returns (frames, frames the decoder produced, runs decoded)."""
-    got: dict[int, np.ndarray] = {}
-    produced, num_runs = 0, 0
+    module doc (its own retries first). Returns (frames the decoder produced, runs decoded)."""
     reader = _Reader(data, index, codec_threads)
-    try:
-        # (run, retry level): 0 as planned, 1 from the previous keyframe, 2 from the stream's start.
-        # Bounded so a damaged file costs at most a few extra decodes, never one per GOP.
-        pending: list[tuple[Segment, int]] = []
-        while True:
-            if pending:
-                run, level = pending.pop(0)
-            else:
-                run, level = work.take(), 0
-                if run is None:
-                    break
-            num_runs += 1
-            skip = skip_nonref and level == 0  # a retry takes no chances
+
+    def decode(run: Segment, level: int) -> RunOutcome:
+        skip = skip_nonref and level == 0  # a retry takes no chances
+        try:
+            return _decode_run(reader, index, run, out, skip_nonref=skip)
+        except _Misaligned:
+            # A demuxer reading from the start sees exactly what the index was built from.
             try:
-                outcome = _decode_run(reader, index, run, got, target_size, skip_nonref=skip)
-            except _Misaligned:
-                # A demuxer reading from the start sees exactly what the index was built from.
-                try:
-                    outcome = _decode_run(reader, index, run, got, target_size, linear=True, skip_nonref=skip)
-                except _Misaligned as exc:
-                    raise RuntimeError(f"demuxer disagrees with its own index: {exc}") from exc
-            produced += outcome.produced
-            missing = [f for f in run.frames if f not in got]
-            if not missing:
-                continue
-            start = earlier_start(index, run.start) if level == 0 else (0 if run.start > 0 else None)
-            if not outcome.reached_end or start is None:
-                raise _undecodable(index, missing[0], outcome)
-            retry = merge_runs(segments_for(index, missing, start_of=dict.fromkeys(missing, start)))
-            pending = [(r, level + 1) for r in retry] + pending
+                return _decode_run(reader, index, run, out, linear=True, skip_nonref=skip)
+            except _Misaligned as exc:
+                raise RuntimeError(f"demuxer disagrees with its own index: {exc}") from exc
+
+    try:
+        return decode_runs(index, work.take, decode, out, functools.partial(_undecodable, index))
     except av.FFmpegError as exc:
         work.fail()
         raise VideoDecodeError(f"could not decode the video: {exc} (corrupt or truncated?)") from exc
@@ -288,10 +263,9 @@ def _decode_instance(data: bytes, index: VideoIndex, work: _WorkQueue, codec_thr
         raise
     finally:
         reader.close()
-    return got, produced, num_runs
 
 
-def _undecodable(index: VideoIndex, frame: int, outcome: _RunOutcome) -> VideoDecodeError:
+def _undecodable(index: VideoIndex, frame: int, outcome: RunOutcome) -> VideoDecodeError:
     where = f"frame {frame} (t={index.times_s[frame]:.3f} s)"
     if not outcome.reached_end:
         return VideoDecodeError(f"the video is truncated or corrupt: the data for {where} is missing")
@@ -307,7 +281,7 @@ class PyAVEngine:
         self.skip_nonref = skip_nonref  # False: decode every packet of a run (benchmark ablation)
 
     def decode(self, data: bytes, index: VideoIndex, frames: Sequence[int], num_instances: int,
-               target_size: tuple[int, int] | None) -> DecodeResult:
+               out: FrameSink) -> DecodeResult:
         runs = runs_for(index, frames, num_instances)
         busy = min(num_instances, len(runs))
         work = _WorkQueue(runs)
@@ -316,19 +290,16 @@ class PyAVEngine:
         codec_threads = max(1, (os.cpu_count() or 1) // max(1, busy))
         skip = self.skip_nonref and index.codec in SKIP_NONREF_CODECS
         if busy <= 1:
-            results = [_decode_instance(data, index, work, codec_threads, target_size, skip)] if runs else []
+            results = [_decode_instance(data, index, work, codec_threads, out, skip)] if runs else []
         else:
             pool = _pool(num_instances)
-            futures: list[Future] = [pool.submit(_decode_instance, data, index, work, codec_threads,
-                                                 target_size, skip) for _ in range(busy)]
+            futures: list[Future] = [pool.submit(_decode_instance, data, index, work, codec_threads, out, skip)
+                                     for _ in range(busy)]
             try:
                 results = [f.result() for f in futures]
             finally:
                 work.fail()  # after a failure, start no new run nobody will read
                 for f in futures:
                     f.cancel()
-        merged: dict[int, np.ndarray] = {}
-        for got, _, _ in results:
-            merged.update(got)
-        return DecodeResult(frames=merged, num_decoded_frames=sum(r[1] for r in results),
-                            num_segments=sum(r[2] for r in results))
+        return DecodeResult(num_decoded_frames=sum(r[0] for r in results),
+                            num_segments=sum(r[1] for r in results))

@@ -1,9 +1,10 @@
 """Decode engines behind one interface, chosen by DecoderConfig.engine.
 
 An engine turns (bytes, index, frames wanted) into decoded frames, spreading the work over its
-decoder instances. Engines register a *factory*, so a GPU engine's libraries are imported only when it
-is first asked for (PyNvVideoCodec fails at import without a driver; importing flashcodec never imports
-PyNvVideoCodec or DALI). ``auto`` takes the first engine in AUTO_ORDER whose factory succeeds.
+decoder instances, and puts every frame into the request's output (a FrameSink) as soon as it has it.
+Engines register a *factory*, so a GPU engine's libraries are imported only when it is first asked for
+(PyNvVideoCodec fails at import without a driver; importing flashcodec never imports PyNvVideoCodec or
+DALI). ``auto`` takes the first engine in AUTO_ORDER whose factory succeeds.
 
 A factory gets the DecoderConfig and builds the engine from the fields its ``settings`` function picks
 (the GPU engines: gpu_ids, sessions_per_gpu); one engine is kept per (name, settings). A factory that
@@ -23,15 +24,13 @@ from .errors import VideoDecodeError
 from .index import VideoIndex
 
 if TYPE_CHECKING:
-    import numpy as np
-    import torch
+    from .frame_sink import FrameSink
 
 
 @dataclass(frozen=True)
 class DecodeResult:
-    # presentation index -> uint8 [H, W, 3] RGB (target size if given): numpy (CPU engines) or a CUDA
-    # torch tensor (GPU engines)
-    frames: dict[int, np.ndarray | torch.Tensor]
+    """What a decode cost; the frames themselves are in the FrameSink the engine was given."""
+
     num_decoded_frames: int  # frames the decoders produced, including ones thrown away
     num_segments: int  # runs decoded, over all instances
 
@@ -40,9 +39,11 @@ class DecodeEngine(Protocol):
     name: str
 
     def decode(self, data: bytes, index: VideoIndex, frames: Sequence[int], num_instances: int,
-               target_size: tuple[int, int] | None) -> DecodeResult:
-        """Decode presentation frames ``frames`` (unique) on up to ``num_instances`` instances,
-        resized to ``target_size`` (height, width) with resize_frames when given."""
+               out: FrameSink) -> DecodeResult:
+        """Decode presentation frames ``frames`` (unique) on up to ``num_instances`` instances and put
+        each one, uint8 [H, W, 3] RGB, into ``out`` (which resizes it to ``out.target_size`` with
+        resize_frames; a GPU engine may resize on its device first): numpy from CPU engines, torch
+        tensors from GPU engines. ``out`` holds every frame when this returns."""
         ...
 
 

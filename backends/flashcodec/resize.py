@@ -21,8 +21,12 @@ FramesT = TypeVar("FramesT", np.ndarray, "torch.Tensor")
 _CHUNK_PIXELS = 16 * 2**20 // 3
 
 
-def resize_frames(frames: FramesT, height: int, width: int) -> FramesT:
-    """uint8 [T, H, W, 3] -> uint8 [T, height, width, 3], same type (and device) as the input."""
+def resize_frames(frames: FramesT, height: int, width: int, out: FramesT | None = None) -> FramesT:
+    """uint8 [T, H, W, 3] -> uint8 [T, height, width, 3], same type (and device) as the input.
+
+    ``out``: an array of that shape and type (a numpy view is fine) to write the result into instead
+    of a new one — decoders resize straight into their slot of a request's output (frame_sink.py).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -33,13 +37,37 @@ def resize_frames(frames: FramesT, height: int, width: int) -> FramesT:
     if height < 1 or width < 1:
         raise ValueError(f"target size must be positive, got {height}x{width}")
     num, src_h, src_w = int(video.shape[0]), int(video.shape[1]), int(video.shape[2])
+    target = _output(out, is_numpy, (num, height, width, 3), video.device)
     if (src_h, src_w) == (height, width):
         # Bicubic at scale 1 samples exactly at pixel centres (weights 1, 0, 0, 0): the identity.
-        return frames.copy() if is_numpy else frames.clone()
-    out = torch.empty((num, height, width, 3), dtype=torch.uint8, device=video.device)
+        if target is None:
+            return frames.copy() if is_numpy else frames.clone()
+        target.copy_(video)
+        return out
+    if target is None:
+        target = torch.empty((num, height, width, 3), dtype=torch.uint8, device=video.device)
     chunk = max(1, _CHUNK_PIXELS // max(src_h * src_w, height * width))
     for lo in range(0, num, chunk):
         x = video[lo:lo + chunk].permute(0, 3, 1, 2).to(torch.float32)
         y = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
-        out[lo:lo + chunk] = y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-    return out.numpy() if is_numpy else out
+        # Rounded and clamped, the values are whole numbers in [0, 255]: copying them into the uint8
+        # output casts exactly, without a uint8 temporary.
+        target[lo:lo + chunk].copy_(y.round_().clamp_(0, 255).permute(0, 2, 3, 1))
+    if out is not None:
+        return out
+    return target.numpy() if is_numpy else target
+
+
+def _output(out: FramesT | None, is_numpy: bool, shape: tuple[int, ...], device: object) -> torch.Tensor | None:
+    """``out`` as a tensor sharing its memory, after checking it can take the result."""
+    if out is None:
+        return None
+    import torch
+
+    if isinstance(out, np.ndarray) != is_numpy:
+        raise ValueError(f"out must be the same kind of array as the frames, got {type(out).__name__}")
+    target = torch.from_numpy(out) if is_numpy else out
+    if tuple(target.shape) != shape or target.dtype != torch.uint8 or target.device != device:
+        raise ValueError(f"out must be uint8 {shape} on {device}, got {target.dtype} {tuple(target.shape)} "
+                         f"on {target.device}")
+    return target
