@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from types import SimpleNamespace
 
@@ -54,23 +55,32 @@ def test_budgets_are_the_headroom_under_the_tpot_target():
 def test_a_stream_that_used_its_slack_gets_short_steps():
     cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=1.0)
     fresh = _decoders(1, 100, outputs=10, first_token_time=0.0)  # 10 gaps may take 500 ms, 100 ms used
-    assert step_target_s(cfg, fresh, [], now=0.1) == 0.05  # plenty of slack: the per-gap target
+    assert step_target_s(cfg, fresh, [], now=0.1) == (0.05, 0.05, 0.05)  # plenty of slack: per-gap target, boost
     late = _decoders(1, 100, outputs=10, first_token_time=0.0)  # 480 ms used: 20 ms left for this gap
-    assert abs(step_target_s(cfg, late, [], now=0.48) - 0.02) < 1e-9
+    target, boost, _ = step_target_s(cfg, late, [], now=0.48)
+    assert abs(target - 0.02) < 1e-9 and boost == 0.0
+    some = _decoders(1, 100, outputs=10, first_token_time=0.0)  # 430 ms used: 70 ms of slack, 20 ms boost
+    target, boost, _ = step_target_s(cfg, some, [], now=0.43)
+    assert target == 0.05 and abs(boost - 0.02) < 1e-9
     over = _decoders(1, 100, outputs=10, first_token_time=0.0)
-    b = step_budgets(cfg, _cost(), over, [], now=0.6)  # already over its SLO: decode only
-    assert b.time_s == 0.0
+    b = step_budgets(cfg, _cost(), over, [], now=0.6)  # already over its SLO: decode only, no forced unit
+    assert b.time_s == 0.0 and not b.allow_forced
+    # Decode steps alone above the per-gap target: it could never catch up, so the forced unit stays.
+    b = step_budgets(cfg, _cost(intercept=0.06), _decoders(1, 100, outputs=10, first_token_time=0.0), [], now=0.6)
+    assert b.time_s == 0.0 and b.allow_forced
 
 
 def test_idle_steps_are_capped_so_arrivals_are_seen_soon():
     cost = _cost()
     cfg = EngineConfig(model_path="x", tpot_slo_ms=25.0)
-    assert step_target_s(cfg, [], [], now=0.0) == 0.05  # 2 x the TPOT target by default
+    assert step_target_s(cfg, [], [], now=0.0) == (0.05, 0.0, math.inf)  # 2 x the TPOT target by default
     assert abs(step_budgets(cfg, cost, [], [], now=0.0).time_s - 0.04) < 1e-9  # minus one forward's fixed part
-    assert step_target_s(EngineConfig(model_path="x", tpot_slo_ms=25.0, max_idle_step_ms=200.0), [], [], 0.0) == 0.2
+    assert step_target_s(EngineConfig(model_path="x", tpot_slo_ms=25.0, max_idle_step_ms=200.0), [], [], 0.0) == (
+        0.2, 0.0, math.inf)
     # No TPOT target anywhere: no cap; a waiting request's own TPOT SLO sets one.
     assert step_target_s(EngineConfig(model_path="x"), [], [], 0.0) is None
-    assert step_target_s(EngineConfig(model_path="x"), [], _decoders(1, 10, tpot_slo_ms=30.0), 0.0) == 0.06
+    waiting = _decoders(1, 10, tpot_slo_ms=30.0)
+    assert step_target_s(EngineConfig(model_path="x"), [], waiting, 0.0) == (0.06, 0.0, math.inf)
 
 
 def test_budgets_are_the_maxima_without_slo_or_for_baselines():

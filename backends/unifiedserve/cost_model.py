@@ -118,25 +118,33 @@ class StepCostModel:
 @dataclass(frozen=True)
 class StepBudgets:
     """Limits one step starts with. `tokens` counts decodes too. `time_s` is the headroom left for prefill
-    and encoder work after the decodes (inf: no time target); `target_s` the whole step's target (0: none)."""
+    and encoder work after the decodes (inf: no time target); `target_s` the whole step's target (0: none);
+    `boost_s` extra time the step may take to finish the prompt of the most urgent request (its first token
+    comes out of this step) when every decoding stream has that much TPOT slack."""
 
     tokens: int
     encoder_tokens: float
     time_s: float = math.inf
     target_s: float = 0.0
+    boost_s: float = 0.0
+    allow_forced: bool = True  # False while a stream catches up on its TPOT slack with decode-only steps
 
     @property
     def timed(self) -> bool:
         return not math.isinf(self.time_s)
 
 
-def step_target_s(config, decoders: Sequence, candidates: Sequence, now: float) -> float | None:
-    """The time one step may take (policy `unified`), or None when no TPOT target applies.
+def step_target_s(config, decoders: Sequence, candidates: Sequence, now: float
+                  ) -> tuple[float, float, float] | None:
+    """(target, boost, per-gap target) for one step's time (policy `unified`), or None when no TPOT target
+    applies.
 
-    With streams decoding: the tightest TPOT SLO x headroom (every gap stays under it), lowered to the
-    smallest remaining slack of a stream whose mean TPOT would otherwise go over its SLO. Without decoders:
-    `max_idle_step_ms` (default 2 x the TPOT target), so that a request arriving during a long prefill or
-    encoder step waits at most that long before the scheduler sees it.
+    With streams decoding: every gap stays under the tightest TPOT SLO x `tpot_headroom` (the per-gap target),
+    and never past a stream's slack: the time this step may take so that the mean TPOT of the stream's gaps
+    so far stays under its SLO (a stream that lost time to a slow step or a preemption gets decode-only steps
+    until it is back). The boost is what the slack allows beyond the target, up to twice the per-gap target.
+    Without decoders: `max_idle_step_ms` (default 2 x the TPOT target), so that a request arriving during a
+    long prefill or encoder step waits at most that long before the scheduler sees it.
     """
     if config.policy != "unified":
         return None
@@ -145,17 +153,18 @@ def step_target_s(config, decoders: Sequence, candidates: Sequence, now: float) 
         slos = [(r, s) for r, s in slos if s > 0]
         if not slos:
             return None
-        target = min(s for _, s in slos) * config.tpot_headroom
+        per_gap = min(s for _, s in slos) * config.tpot_headroom
+        slack = math.inf
         for r, slo in slos:
             first = getattr(r, "first_token_time", None)
-            if first is not None:
-                # After this step the stream has num_output_tokens gaps; keep their mean under its SLO.
-                target = min(target, slo * config.tpot_headroom * r.num_output_tokens - (now - first))
-        return target
+            if first is not None:  # after this step the stream has num_output_tokens gaps
+                slack = min(slack, slo * r.num_output_tokens - (now - first))
+        target = min(per_gap, slack)
+        return target, max(0.0, min(slack, 2.0 * per_gap) - max(target, 0.0)), per_gap
     if config.max_idle_step_ms > 0:
-        return config.max_idle_step_ms / 1000.0
+        return config.max_idle_step_ms / 1000.0, 0.0, math.inf
     slos = [s for s in [config.tpot_slo_ms] + [r.tpot_slo_ms or 0.0 for r in candidates] if s > 0]
-    return 2.0 * min(slos) / 1000.0 if slos else None
+    return (2.0 * min(slos) / 1000.0, 0.0, math.inf) if slos else None
 
 
 def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Sequence, now: float) -> StepBudgets:
@@ -164,12 +173,17 @@ def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Se
     are then what the headroom would buy if all of it went to prefill (at no context) / to the encoder;
     the scheduler spends the headroom itself, request by request, at each request's context."""
     full = StepBudgets(config.max_num_batched_tokens, float(config.encoder_budget_tokens))
-    target = step_target_s(config, decoders, candidates, now)
-    if target is None:
+    planned = step_target_s(config, decoders, candidates, now)
+    if planned is None:
         return full
+    target, boost, per_gap = planned
     decode_attention = sum(r.num_tokens for r in decoders) / 1000.0
-    headroom = max(0.0, target - cost.llm_s(len(decoders), 0, decode_attention))
+    decode_s = cost.llm_s(len(decoders), 0, decode_attention)
+    headroom = max(0.0, target - decode_s)
     tokens = len(decoders) + int(min(headroom / cost.prefill_token_s(0), config.max_num_batched_tokens))
     encoder = headroom / cost.encoder_token_s
+    # A stream behind its TPOT slack catches up with decode-only steps, without the forced unit, when decode
+    # steps alone fit the per-gap target (else it never could, and waiting requests would starve).
+    catching_up = target < decode_s < per_gap
     return StepBudgets(min(tokens, config.max_num_batched_tokens), min(encoder, float(config.encoder_budget_tokens)),
-                       headroom, target)
+                       headroom, target, boost, not catching_up)

@@ -14,7 +14,7 @@ from unifiedserve.config import EngineConfig
 from unifiedserve.cost_model import StepBudgets, StepCostModel, step_budgets
 from unifiedserve.encoder_cache import EncoderCache
 from unifiedserve.encoder_planner import EncoderWork, plan_encoder
-from unifiedserve.policy import Policy
+from unifiedserve.policy import Policy, UrgencyKey
 from unifiedserve.request import Request, RequestStatus
 
 
@@ -66,6 +66,7 @@ class Scheduler:
         self.cost = cost or StepCostModel()
         self.encoder_cache = EncoderCache(config.encoder_cache_tokens)
         self.policy = Policy(config.policy)
+        self.urgency: UrgencyKey = self.policy.key  # this step's order (unified: late requests demoted)
         self.waiting: list[Request] = []
         self.running: list[Request] = []
         self.num_preemptions = 0  # lifetime count (metrics, tests)
@@ -107,8 +108,9 @@ class Scheduler:
         out = SchedulerOutput()
         now = time.monotonic() if now is None else now
         num_decodes = 0
-        self.running.sort(key=self.policy.key)
-        self.waiting.sort(key=self.policy.key)
+        self.urgency = self._memoized(self.policy.key_at(now, self._min_time_to_first_token))
+        self.running.sort(key=self.urgency)
+        self.waiting.sort(key=self.urgency)
 
         # 1. Decode: one token for every decoding request, most urgent first; preempt the least urgent
         #    when blocks run out (never skip a decode to make room for prefill).
@@ -130,7 +132,7 @@ class Scheduler:
         #    and waiting ones in ONE policy order (a text question with a tight TTFT deadline goes ahead of a
         #    long video's prefill that started earlier), within what the decodes leave of the step.
         prefilling = [r for r in self.running if r.request_id not in scheduled]
-        candidates = sorted(prefilling + self.waiting, key=self.policy.key)
+        candidates = sorted(prefilling + self.waiting, key=self.urgency)
         decoders = [r for r in self.running if r.request_id in scheduled]
         out.budgets = budgets = step_budgets(self.config, self.cost, decoders, candidates, now)
         spend = _Spend(budgets, self.config, self.cost, num_decodes)
@@ -154,18 +156,21 @@ class Scheduler:
             wanted = limit - req.num_computed_tokens
             if wanted <= 0:
                 continue
-            n = spend.prefill_cap(req.num_computed_tokens, wanted)
+            # The boost (spending the decoders' TPOT slack) only for a prompt it finishes: a first token now.
+            may_boost = (limit == req.num_tokens and wanted <= self._room_for(req)
+                         and not self.policy.is_demoted(self.urgency(req)))
+            n = spend.prefill_cap(req.num_computed_tokens, wanted, may_boost)
             # Fix (deadlock): a running request in prefill takes the blocks of less urgent running requests.
             # Without this, two prefills that each hold part of the pool (e.g. one waited for its encoder
             # while another started) wait for each other forever: only decodes used to preempt.
             while not is_new and n > self._room_for(req) and self._preempt_less_urgent(req, out):
                 pass
-            n = min(n, self._room_for(req))
-            if n <= 0:
+            n = max(0, min(n, self._room_for(req)))
+            spend.prefill(req.num_computed_tokens, n, wanted)
+            if n == 0:
                 continue
             self.blocks.allocate(req, n)
             out.chunks.append(TokenChunk(req, req.num_computed_tokens, req.num_computed_tokens + n))
-            spend.prefill(req.num_computed_tokens, n, wanted)
             if is_new:
                 self.waiting.remove(req)
                 self.running.append(req)
@@ -195,6 +200,26 @@ class Scheduler:
                     item.embeddings = None
 
     # ---- helpers ----------------------------------------------------------------------------
+    @staticmethod
+    def _memoized(key: UrgencyKey) -> UrgencyKey:
+        """One key per request for the whole step (the plan is made at one instant)."""
+        cache: dict[str, tuple] = {}
+
+        def memo(req: Request) -> tuple:
+            if req.request_id not in cache:
+                cache[req.request_id] = key(req)
+            return cache[req.request_id]
+
+        return memo
+
+    def _min_time_to_first_token(self, req: Request) -> float:
+        """Lower bound of the execution time `req` still needs before its first token: its remaining encoder
+        tokens and prefill tokens at the cost model's prices, as if it had the machine to itself."""
+        encoder_tokens = sum((v.num_groups - v.num_encoded_groups) * v.tokens_per_group for v in req.videos)
+        prefill = req.num_tokens - req.num_computed_tokens
+        context = (req.num_computed_tokens + req.num_tokens) // 2
+        return encoder_tokens * self.cost.encoder_token_s + prefill * self.cost.prefill_token_s(context)
+
     def _planned_groups(self, req: Request, out: SchedulerOutput) -> dict[int, int]:
         if not self.same_step_encoder:
             return {}
@@ -216,7 +241,7 @@ class Scheduler:
         this step, like a decode's own preemption does); False if there is none. Runs before any admission
         of this step, so `running` is still sorted most urgent first."""
         victim = self.running[-1]
-        if victim is req or self.policy.key(victim) <= self.policy.key(req):
+        if victim is req or self.urgency(victim) <= self.urgency(req):
             return False
         self._preempt(victim, out)
         return True
@@ -269,8 +294,10 @@ class _Spend:
         self.tokens = config.max_num_batched_tokens - num_decodes
         self.encoder_tokens = float(config.encoder_budget_tokens)
         self.time_s = budgets.time_s
+        self.boost_s = budgets.boost_s
         self.min_prefill = config.min_prefill_chunk
-        self.progressed = False  # any prefill or encoder work planned in this step
+        # Any prefill or encoder work planned in this step (a forced unit only goes to a step with none).
+        self.progressed = not budgets.allow_forced
         self.encoder_closed = self.prefill_closed = False
 
     # encoder
@@ -300,13 +327,17 @@ class _Spend:
             self.encoder_closed = True
 
     # prefill
-    def prefill_cap(self, context: int, wanted: int) -> int:
+    def prefill_cap(self, context: int, wanted: int, may_boost: bool = False) -> int:
         if self.prefill_closed or self.tokens <= 0:
             return 0
         n = min(wanted, self.tokens)
         if not self.timed:
             return n
-        afford = self.time_s / self.cost.prefill_token_s(context + n // 2)
+        price = self.cost.prefill_token_s(context + n // 2)
+        afford = self.time_s / price
+        if afford < n and may_boost and n == wanted and (self.time_s + self.boost_s) / price >= n:
+            self.time_s, self.boost_s = self.time_s + self.boost_s, 0.0  # once per step
+            afford = n
         if afford < n:
             n = int(afford) if afford >= 1 else 0
         if n <= 0 and not self.progressed:
@@ -314,9 +345,10 @@ class _Spend:
         return n
 
     def prefill(self, context: int, n: int, wanted: int) -> None:
-        self.tokens -= n
-        self.time_s -= n * self.cost.prefill_token_s(context + n // 2)
-        self.progressed = True
+        if n:
+            self.tokens -= n
+            self.time_s -= n * self.cost.prefill_token_s(context + n // 2)
+            self.progressed = True
         if self.timed and n < wanted:
             self.prefill_closed = True
 
