@@ -1,4 +1,5 @@
-"""FrameSink (the request's output, filled in place by the decoders) and resize_frames(out=...)."""
+"""FrameSink (the request's output, filled in place by the decoders), resize_frames(out=...) and the
+recycled host memory outputs are made of (OutputPool)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from flashcodec import VideoDecodeError, resize_frames
 from flashcodec.frame_sink import FrameSink
+from flashcodec.output_pool import OutputPool, output_pool
 
 
 def _frame(value: int, height: int = 36, width: int = 52) -> np.ndarray:
@@ -88,3 +90,41 @@ def test_resize_into_out_is_the_same_as_a_new_array() -> None:
         resize_frames(frames, 336, 616, out=np.zeros((3, 336, 615, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match="same kind"):
         resize_frames(frames, 336, 616, out=torch.zeros((3, 336, 616, 3), dtype=torch.uint8))
+
+
+def test_pool_reuses_memory_only_after_every_view_is_gone() -> None:
+    pool = OutputPool(max_free_bytes=10_000)
+    first = pool.empty((2, 10, 10, 3))
+    address = first.ctypes.data
+    view = torch.from_numpy(first[1])  # a tensor on a view keeps the memory taken
+    del first
+    second = pool.empty((2, 10, 10, 3))
+    assert second.ctypes.data != address and pool.free_bytes == 0
+    del view
+    assert pool.free_bytes == 600  # given back once nothing can reach it
+    third = pool.empty((1, 10, 15, 3))  # smaller outputs fit a block up to twice their size
+    assert third.ctypes.data == address and third.shape == (1, 10, 15, 3) and third.flags.writeable
+    assert pool.free_bytes == 0
+    del second, third
+    assert pool.free_bytes == 1200
+
+
+def test_pool_keeps_at_most_its_cap_and_skips_outputs_above_it() -> None:
+    pool = OutputPool(max_free_bytes=1000)
+    arrays = [pool.empty((100, 3)) for _ in range(4)]
+    del arrays
+    assert pool.free_bytes == 900  # three of the four blocks (the least recently returned dropped)
+    big = pool.empty((1001,))
+    assert big.flags.owndata  # a plain array: never pooled
+    assert output_pool(0) is None and output_pool(1000) is output_pool(1000)
+
+
+def test_sink_output_comes_from_the_pool() -> None:
+    pool = OutputPool(max_free_bytes=2**20)
+    sink = FrameSink([0, 1], None, pool)
+    for f in (0, 1):
+        sink.put(f, _frame(f))
+    out = sink.result()
+    assert not out.flags.owndata
+    del sink, out
+    assert pool.free_bytes == 2 * 36 * 52 * 3

@@ -24,6 +24,7 @@ from .engines import DecodeResult, UnsupportedByEngine, get_engine
 from .errors import VideoDecodeError
 from .frame_sink import FrameSink
 from .index import IndexCache, VideoIndex, check_limits, read_index
+from .output_pool import output_pool
 from .sampling import sample_frames
 
 if TYPE_CHECKING:
@@ -69,9 +70,10 @@ def _decode(data: bytes, index: VideoIndex, order: np.ndarray, config: DecoderCo
     """The frames ``order`` names, in that order, as one uint8 [T, H, W, 3] array (numpy, or a torch
     tensor on the GPU engine's device), and what decoding them cost."""
     frames = np.unique(order).tolist()
+    host_pool = output_pool(config.output_pool_bytes)
     engine = get_engine(config.engine, config)  # EngineUnavailable (deployment problem) is never masked
     try:
-        out = FrameSink(order, target)
+        out = FrameSink(order, target, host_pool)
         result = engine.decode(data, index, frames, num_instances(config), out)
         return out.result(), result
     except Exception as exc:  # noqa: BLE001 - any GPU-engine failure may go to the CPU engine instead
@@ -80,7 +82,7 @@ def _decode(data: bytes, index: VideoIndex, order: np.ndarray, config: DecoderCo
             raise
         logger.warning("flashcodec: %s engine failed on a %s %dx%d video (%s: %s); decoding it with pyav",
                        engine.name, index.codec, index.width, index.height, type(exc).__name__, exc)
-    out = FrameSink(order, target)  # a fresh one: the failed engine may have filled part of the first
+    out = FrameSink(order, target, host_pool)  # a fresh one: the failed engine may have filled part of the first
     result = get_engine("pyav", config).decode(data, index, frames, num_instances(config), out)
     return out.result(), result
 

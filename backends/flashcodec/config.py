@@ -84,6 +84,9 @@ class DecoderConfig:
     sessions_per_gpu: int = 4  # decoder sessions kept per GPU (one request uses up to num_instances of them)
     fallback_to_cpu: bool = True  # a GPU engine failing on a request re-decodes it with pyav (logged)
     output_device: str = "auto"  # see OUTPUT_DEVICES
+    # Idle host memory kept to recycle for output arrays (output_pool.py: fresh memory page-faults on first
+    # write); 0 turns recycling off. Resized outputs are at most ~58 MB (the total-pixel cap).
+    output_pool_bytes: int = 2**30
 
     def __post_init__(self) -> None:
         if self.engine not in KNOWN_ENGINES:
@@ -98,8 +101,8 @@ class DecoderConfig:
             raise ValueError(f"DecoderConfig.gpu_ids lists a GPU twice: {self.gpu_ids!r}")
         if self.sessions_per_gpu < 1:
             raise ValueError(f"DecoderConfig.sessions_per_gpu must be >= 1, got {self.sessions_per_gpu!r}")
-        if self.num_instances < 0 or self.index_cache_entries < 0:
-            raise ValueError("DecoderConfig.num_instances and index_cache_entries must be >= 0")
+        if self.num_instances < 0 or self.index_cache_entries < 0 or self.output_pool_bytes < 0:
+            raise ValueError("DecoderConfig.num_instances, index_cache_entries and output_pool_bytes must be >= 0")
         for name in ("max_input_bytes", "max_width", "max_height", "max_output_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DecoderConfig.{name} must be >= 1, got {getattr(self, name)!r}")

@@ -7,9 +7,10 @@ end-to-end efficiency in docs/benchmarks_decode.md. Here the uint8 [T, H, W, 3] 
 is allocated once per request and every decoded frame goes straight into its slot — resized into it
 when the request resizes — from the instance that made it, while the other instances keep decoding.
 
-The array is allocated when the first frame arrives, like that frame: numpy from the CPU engines, a
-torch tensor on the frame's device from the GPU engines (decode_video need not know which engine ran,
-also after a fallback), and without resizing at that frame's size (frames of another size are refused,
+The array is allocated when the first frame arrives, like that frame: numpy from the CPU engines (on
+recycled host memory from an OutputPool when one is given: output_pool.py says why), a torch tensor on
+the frame's device from the GPU engines (decode_video need not know which engine ran, also after a
+fallback), and without resizing at that frame's size (frames of another size are refused,
 as ``np.stack`` refused them). Instances write disjoint slots, so only the allocation takes the lock.
 """
 
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import VideoDecodeError
+from .output_pool import OutputPool
 from .resize import resize_frames
 
 if TYPE_CHECKING:
@@ -29,10 +31,13 @@ if TYPE_CHECKING:
 
 
 class FrameSink:
-    def __init__(self, order: Sequence[int] | np.ndarray, target_size: tuple[int, int] | None) -> None:
+    def __init__(self, order: Sequence[int] | np.ndarray, target_size: tuple[int, int] | None,
+                 host_pool: OutputPool | None = None) -> None:
         """``order``: the presentation index of each output frame (a frame may be sampled twice);
-        ``target_size``: (height, width) every frame is resized to with resize_frames, None: kept."""
+        ``target_size``: (height, width) every frame is resized to with resize_frames, None: kept;
+        ``host_pool``: where a numpy output's memory comes from (None: a new array)."""
         self.target_size = target_size
+        self._host_pool = host_pool
         self._slots: dict[int, list[int]] = {}
         for t, frame in enumerate(int(i) for i in order):
             self._slots.setdefault(frame, []).append(t)
@@ -87,7 +92,8 @@ class FrameSink:
                     height, width = self.target_size or (int(like.shape[0]), int(like.shape[1]))
                     shape = (self._num, height, width, 3)
                     if isinstance(like, np.ndarray):
-                        self._frames = np.empty(shape, dtype=np.uint8)
+                        pool = self._host_pool
+                        self._frames = pool.empty(shape) if pool else np.empty(shape, dtype=np.uint8)
                     else:
                         import torch
 
