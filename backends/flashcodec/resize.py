@@ -50,9 +50,9 @@ def resize_frames(frames: FramesT, height: int, width: int, out: FramesT | None 
     for lo in range(0, num, chunk):
         x = video[lo:lo + chunk].permute(0, 3, 1, 2).to(torch.float32)
         y = F.interpolate(x, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
-        # Rounded and clamped, the values are whole numbers in [0, 255]: copying them into the uint8
-        # output casts exactly, without a uint8 temporary.
-        target[lo:lo + chunk].copy_(y.round_().clamp_(0, 255).permute(0, 2, 3, 1))
+        # Cast while still NCHW-contiguous, then one strided copy into the slot: measured faster than
+        # casting during the transposing copy.
+        target[lo:lo + chunk] = y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
     if out is not None:
         return out
     return target.numpy() if is_numpy else target
