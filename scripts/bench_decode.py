@@ -103,7 +103,7 @@ def _open(data: bytes, index) -> tuple[av.container.InputContainer, av.video.str
 
 def _gather(frames: dict[int, np.ndarray], indices: list[int]) -> np.ndarray:
     """uint8 [T, H, W, 3] in sampled order: the output every method delivers (vLLM's loaders fill a
-    preallocated array the same way, FlashCodec stacks)."""
+    preallocated array the same way; FlashCodec's decoders write into theirs)."""
     out = np.empty((len(indices), *frames[indices[0]].shape), dtype=np.uint8)
     for t, i in enumerate(indices):
         out[t] = frames[i]
