@@ -569,6 +569,16 @@ def test_unified_serves_a_request_that_can_still_make_its_deadline_before_a_late
     assert [x.request.request_id for x in out.chunks] == [first]
 
 
+def test_late_requests_go_shortest_remaining_work_first() -> None:
+    s = _scheduler(max_num_batched_tokens=8, num_kv_blocks=100, block_size=4)
+    long, short = _text_request("long", 40, arrival=0.0), _text_request("short", 6, arrival=0.2)
+    long.ttft_slo_ms, short.ttft_slo_ms = 100.0, 100.0  # both deadlines passed at t=1
+    s.add(long)
+    s.add(short)
+    out = s.schedule(now=1.0)
+    assert [(x.request.request_id, x.num_tokens) for x in out.chunks] == [("short", 6), ("long", 2)]
+
+
 def test_fcfs_ignores_priority() -> None:
     s = _scheduler(policy="fcfs", max_num_batched_tokens=8, num_kv_blocks=100, block_size=4)
     late_urgent, early = _text_request("u", 8, priority=1, arrival=5.0), _text_request("e", 8, priority=9, arrival=1.0)

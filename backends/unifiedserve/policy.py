@@ -28,7 +28,8 @@ class Policy:
     `unified` also demotes, within its priority level, a request that can no longer meet its TTFT deadline
     (it is past it, or the work it still needs before its first token cannot finish in time even at full
     speed): earliest-deadline-first alone lets one late request make every request behind it late too (the
-    domino effect of EDF under overload). A demoted request is still served, after the ones that can make it.
+    domino effect of EDF under overload). A demoted request is still served, after the ones that can make it,
+    shortest remaining work first.
     """
 
     def __init__(self, name: str) -> None:
@@ -36,11 +37,15 @@ class Policy:
         self.slices_encoder = name == "unified"  # blocking/fcfs encode a whole video in one step (vLLM-like)
         self.demotes_late = name == "unified"
 
-    def key(self, request: Request, late: bool = False) -> tuple:
+    def key(self, request: Request, late: bool = False, remaining_s: float = 0.0) -> tuple:
         if self.name == "fcfs":
             return (request.arrival_time, request.request_id)
-        return (priority_rank(request), late and self.demotes_late, ttft_deadline(request), request.arrival_time,
-                request.request_id)
+        if late and self.demotes_late:
+            # Past saving: its TTFT SLO is lost whatever happens, so among late requests the shortest remaining
+            # work goes first (least mean latency), not the oldest deadline (which would make a short question
+            # wait behind every late video).
+            return (priority_rank(request), True, remaining_s, request.arrival_time, request.request_id)
+        return (priority_rank(request), False, ttft_deadline(request), request.arrival_time, request.request_id)
 
     def is_demoted(self, key: tuple) -> bool:
         """The key says the request was demoted as late (see `key`)."""
@@ -53,8 +58,9 @@ class Policy:
             return self.key
 
         def key(request: Request) -> tuple:
-            late = (request.first_token_time is None and request.ttft_slo_ms is not None
-                    and now + min_time_to_first_token(request) > ttft_deadline(request))
-            return self.key(request, late)
+            if request.first_token_time is not None or request.ttft_slo_ms is None:
+                return self.key(request)
+            remaining = min_time_to_first_token(request)
+            return self.key(request, now + remaining > ttft_deadline(request), remaining)
 
         return key
