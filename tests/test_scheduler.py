@@ -338,7 +338,8 @@ def _check_state(s: Scheduler, requests: list[Request], ctx: str) -> None:
 def fixed_cost_model(rng: random.Random) -> StepCostModel:
     """Prices in seconds that make the TPOT targets of the timed traces bind (never refitted: no observe)."""
     cost = StepCostModel()
-    cost.llm.w[:] = [rng.choice([1e-3, 4e-3]), rng.choice([2e-4, 1e-3]), rng.choice([1e-4, 1e-3]), 1e-3]
+    # A fixed cost per forward above the idle step cap too (a slow machine, a tight TPOT target).
+    cost.llm.w[:] = [rng.choice([1e-3, 4e-3, 0.2]), rng.choice([2e-4, 1e-3]), rng.choice([1e-4, 1e-3]), 1e-3]
     cost.encoder.w[:] = [rng.choice([0.0, 1e-3]), rng.choice([2e-4, 2e-3])]
     return cost
 

@@ -184,6 +184,6 @@ def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Se
     encoder = headroom / cost.encoder_token_s
     # A stream behind its TPOT slack catches up with decode-only steps, without the forced unit, when decode
     # steps alone fit the per-gap target (else it never could, and waiting requests would starve).
-    catching_up = target < decode_s < per_gap
+    catching_up = bool(decoders) and target < decode_s < per_gap
     return StepBudgets(min(tokens, config.max_num_batched_tokens), min(encoder, float(config.encoder_budget_tokens)),
                        headroom, target, boost, not catching_up)
