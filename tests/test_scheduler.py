@@ -346,7 +346,8 @@ def fixed_cost_model(rng: random.Random) -> StepCostModel:
 
 def _check_time(s: Scheduler, out: SchedulerOutput, ctx: str) -> str | None:
     """Timed (unified + TPOT target): prefill and encoder work fit the headroom the budgets give, except for
-    the boost (the decoders' slack, spent on one prompt that it finishes) or one forced unit in a step that has
+    the boost (the decoders' slack, spent on one prompt that it finishes, or in part on a request whose TTFT
+    deadline is at risk) or one forced unit in a step that has
     nothing else: one vision block of one group (or of the piece in flight), or at most min_prefill_chunk tokens
     of one request. Returns which exception the step used."""
     b = out.budgets
@@ -359,6 +360,8 @@ def _check_time(s: Scheduler, out: SchedulerOutput, ctx: str) -> str | None:
         planned += c.num_tokens * cost.prefill_token_s(c.start + c.num_tokens // 2)
     if planned <= b.time_s + 1e-9:
         return None
+    if planned <= b.time_s + b.risk_boost_s + 1e-9:  # a request whose TTFT deadline was at risk spent it
+        return "risk"
     if planned <= b.time_s + b.boost_s + 1e-9 and any(c.samples for c in prefills):
         return "boost"
     forced_encoder = (len(out.encoder_work) == 1 and not prefills and out.encoder_work[0].num_blocks == 1)
@@ -456,7 +459,7 @@ def test_random_timed_traces_exercise_time_budgets() -> None:
     for seed in range(30):
         for key, value in run_trace(make_trace("unified", seed, tpot_slo_ms=_timed_slo(seed)), seed).items():
             totals[key] = totals.get(key, 0) + value
-    assert all(totals[k] > 0 for k in ("timed_steps", "forced", "boost", "partial_prefills", "late_demoted")), totals
+    assert all(totals[k] > 0 for k in ("timed_steps", "forced", "boost", "risk", "partial_prefills", "late_demoted")), totals
 
 
 def test_random_traces_exercise_preemption_and_slicing() -> None:

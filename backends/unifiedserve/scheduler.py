@@ -14,7 +14,7 @@ from unifiedserve.config import EngineConfig
 from unifiedserve.cost_model import StepBudgets, StepCostModel, step_budgets
 from unifiedserve.encoder_cache import EncoderCache
 from unifiedserve.encoder_planner import EncoderWork, plan_encoder
-from unifiedserve.policy import Policy, UrgencyKey
+from unifiedserve.policy import Policy, UrgencyKey, ttft_deadline
 from unifiedserve.request import Request, RequestStatus
 
 
@@ -147,6 +147,8 @@ class Scheduler:
                 continue
             if is_new and slots <= 0:
                 continue
+            if self._ttft_at_risk(req, budgets, now):
+                spend.boost_for_risk()
             work = plan_encoder(req, spend.encoder_cap(req), self.policy.slices_encoder,
                                 allow_minimum=spend.may_force(out.encoder_work))
             out.encoder_work.extend(work)
@@ -200,6 +202,16 @@ class Scheduler:
                     item.embeddings = None
 
     # ---- helpers ----------------------------------------------------------------------------
+    def _ttft_at_risk(self, req: Request, budgets: StepBudgets, now: float) -> bool:
+        """`req` can still make its TTFT deadline at full speed but not at the pace this step's headroom gives
+        (the share of each step left for prefill and encoder work)."""
+        if not budgets.risk_boost_s or req.first_token_time is not None or req.ttft_slo_ms is None:
+            return False
+        if self.policy.is_demoted(self.urgency(req)) or budgets.target_s <= 0:
+            return False
+        pace = max(budgets.time_s / budgets.target_s, 0.05)
+        return now + self._min_time_to_first_token(req) / pace > ttft_deadline(req)
+
     @staticmethod
     def _memoized(key: UrgencyKey) -> UrgencyKey:
         """One key per request for the whole step (the plan is made at one instant)."""
@@ -295,6 +307,7 @@ class _Spend:
         self.encoder_tokens = float(config.encoder_budget_tokens)
         self.time_s = budgets.time_s
         self.boost_s = budgets.boost_s
+        self.risk_boost_s = budgets.risk_boost_s
         self.min_prefill = config.min_prefill_chunk
         # Any prefill or encoder work planned in this step (a forced unit only goes to a step with none).
         self.progressed = not budgets.allow_forced
@@ -327,6 +340,13 @@ class _Spend:
             self.encoder_closed = True
 
     # prefill
+    def boost_for_risk(self) -> None:
+        """Once per step, for the first request walked whose TTFT deadline is at risk (the most urgent one)."""
+        if self.risk_boost_s > 0:
+            self.time_s += self.risk_boost_s
+            self.boost_s = max(0.0, self.boost_s - self.risk_boost_s)
+            self.risk_boost_s = 0.0
+
     def prefill_cap(self, context: int, wanted: int, may_boost: bool = False) -> int:
         if self.prefill_closed or self.tokens <= 0:
             return 0
