@@ -37,7 +37,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -54,6 +53,7 @@ for _path in (REPO / "backends", REPO / "scripts"):  # works before `pip install
         sys.path.insert(0, str(_path))
 
 import make_sample_videos as samples  # noqa: E402
+from bench_common import host_info  # noqa: E402
 
 from flashcodec import (  # noqa: E402
     DecoderConfig,
@@ -484,17 +484,7 @@ def _row_text(row: dict) -> str:
 
 
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": cores, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "av": av.__version__,
+    return {**host_info(), "cpu_count": os.cpu_count(), "av": av.__version__,
             "libavcodec": ".".join(map(str, av.library_versions.get("libavcodec", ()))),
             "numpy": np.__version__, "loadavg_start": list(os.getloadavg())}
 

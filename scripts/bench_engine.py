@@ -44,7 +44,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -59,6 +58,7 @@ for _path in (REPO / "backends", REPO / "scripts"):  # works before `pip install
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from bench_common import host_info  # noqa: E402
 
 from flashcodec import SamplingSpec, decode_video  # noqa: E402
 from unifiedserve import Engine, EngineConfig, GenerationInput, SamplingParams, VideoInput  # noqa: E402
@@ -599,17 +599,7 @@ def warmup_items(num_clips: int) -> list[TraceItem]:
 
 # --------------------------------------------------------------------------------------------- output
 def machine_info(device: str) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"cpu": cpu, "cores": cores, "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": device,
+    info = {**host_info(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": device,
             "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
