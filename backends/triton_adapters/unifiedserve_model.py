@@ -39,6 +39,11 @@ class InFlight:
     stream: bool
     texts: list[str] = field(default_factory=list)
     cancelled: bool = False
+    # The final response releases the backend's response factory: asking is_cancelled() after it crashed
+    # tritonserver 2.51 (SIGSEGV in TRITONBACKEND_ResponseFactoryIsCancelled, seen in a fresh-clone CI run).
+    # `lock` orders the final send against the watcher's poll; `final_sent` tells the watcher to stop asking.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    final_sent: bool = False
 
 
 class TritonPythonModel:
@@ -109,7 +114,9 @@ class TritonPythonModel:
                 return
             state, out = item
             try:
-                self._send(state, out)
+                with state.lock:
+                    self._send(state, out)
+                    state.final_sent = state.final_sent or out.finished or out.error is not None
             except Exception as exc:  # noqa: BLE001 - a client that went away must not stop the loop
                 self.logger.log_warn(f"sending a response for {state.request_id} failed: {exc}")
             if out.finished:
@@ -142,9 +149,11 @@ class TritonPythonModel:
                 with self._lock:
                     states = list(self._in_flight.values())
                 for state in states:
-                    if not state.cancelled and state.sender.is_cancelled():
+                    with state.lock:
+                        if state.final_sent or state.cancelled or not state.sender.is_cancelled():
+                            continue
                         state.cancelled = True
-                        self.loop.abort(state.request_id)
+                    self.loop.abort(state.request_id)
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive any one failure
                 self.logger.log_error(f"cancellation watcher: {type(exc).__name__}: {exc}")
 
