@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import torch
 
 # Engine names a DecoderConfig may name; the registry (engines.py) decides which are usable here.
-KNOWN_ENGINES = ("auto", "pyav", "nvdec", "dali")
+KNOWN_ENGINES = ("auto", "pyav", "nvdec", "dali", "pyav_full")  # pyav_full: the full-decode baseline
 OUTPUT_DEVICES = ("auto", "cpu")  # auto: GPU engines return CUDA tensors; cpu: always numpy
 
 

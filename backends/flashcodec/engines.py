@@ -129,6 +129,12 @@ def _pyav_factory(config: DecoderConfig) -> DecodeEngine:
     return PyAVEngine()
 
 
+def _full_factory(config: DecoderConfig) -> DecodeEngine:
+    from .decode_full import FullDecodeEngine
+
+    return FullDecodeEngine()
+
+
 def _nvdec_factory(config: DecoderConfig) -> DecodeEngine:
     from .decode_nvdec import create_engine
 
@@ -142,5 +148,6 @@ def _dali_factory(config: DecoderConfig) -> DecodeEngine:
 
 
 register_engine("pyav", _pyav_factory)
+register_engine("pyav_full", _full_factory)  # baseline: sequential full decode (decode_full.py)
 register_engine("nvdec", _nvdec_factory, gpu_settings)
 register_engine("dali", _dali_factory, gpu_settings)
