@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from e2e_client import grpc_stream
 
 REPO = Path(__file__).resolve().parent.parent
