@@ -7,14 +7,17 @@ response timestamps (what TTFT and inter-token latency are computed from).
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "perf_analyzer_configs"))
+from profile_stats import experiment_stats, load_profile  # noqa: E402
+
 SCRIPT = REPO / "scripts" / "perf_analyzer.sh"
 MAX_TOKENS = 4
 THROUGHPUT = re.compile(r"^Concurrency: (\d+), throughput: ([0-9.]+) infer/sec", re.MULTILINE)
@@ -31,8 +34,7 @@ def run_scenario(scenario: str, server, video_dir: Path, tmp: Path) -> tuple[str
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, f"rc={proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     assert "+ LD_LIBRARY_PATH=" in proc.stderr and "--streaming" in proc.stderr  # the command is printed
-    # The export echoes each request's inputs, raw video bytes included: not valid UTF-8 for video_b64.
-    return proc.stdout, json.loads(profile.read_bytes().decode("utf-8", errors="replace"))
+    return proc.stdout, load_profile(profile)
 
 
 def check_run(stdout: str, profile: dict) -> list[dict]:
@@ -51,6 +53,9 @@ def check_run(stdout: str, profile: dict) -> list[dict]:
         outputs = [o for o in req["response_outputs"] if "num_output_tokens" in o]
         # ignore_eos + max_tokens reached the engine: the last delta reports exactly MAX_TOKENS tokens.
         assert outputs[-1]["num_output_tokens"] == MAX_TOKENS, outputs
+    for experiment in experiments:  # what the README's TTFT/ITL summary prints
+        stats = experiment_stats(experiment)
+        assert stats["requests"] == len(experiment["requests"]) and 0 < stats["itl_p50_ms"] < stats["ttft_p99_ms"]
     return requests
 
 
