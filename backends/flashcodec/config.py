@@ -70,7 +70,7 @@ class SamplingSpec:
 class DecoderConfig:
     """Per deployment (built once from Triton parameters)."""
 
-    engine: str = "auto"  # "auto" (nvdec if usable, else pyav) | "pyav" | "nvdec" | "dali"
+    engine: str = "auto"  # "auto" (nvdec if usable, else pyav) | "pyav" | "nvdec" | "dali" | "pyav_full" (baseline)
     num_instances: int = 0  # K decoder instances per request (threads on CPU, sessions on GPU); 0 = os.cpu_count()
     max_input_bytes: int = 512 * 2**20
     max_duration_s: float = 4 * 3600

@@ -98,6 +98,8 @@ def decoder_config(params: dict[str, str], max_bytes: int, args: dict) -> Decode
         sessions_per_gpu=int(get("sessions_per_gpu", "4")),
         fallback_to_cpu=get("fallback_to_cpu", "true").lower() == "true",
         output_device=get("output_device", "auto"),
+        # 0 re-indexes every request (benchmarks replaying the same files, so no request gets a free index)
+        index_cache_entries=int(get("index_cache_entries", "64")),
     )
 
 
