@@ -27,4 +27,13 @@ def engine_config_from_parameters(params: Mapping[str, str]) -> EngineConfig:
     if os.environ.get("MLLM_MODEL_PATH"):
         values["model_path"] = os.environ["MLLM_MODEL_PATH"]
     values.setdefault("model_path", default_model_path())
+    if values.get("cpu_threads") == "auto":
+        values["cpu_threads"] = str(auto_cpu_threads())
     return EngineConfig.from_mapping(values)
+
+
+def auto_cpu_threads() -> int:
+    """Served on CPU, torch gets every usable core but one: that one runs the response thread, tritonserver's
+    gRPC/HTTP threads and the other models' processes (2 cores: torch 1; measured, see EngineConfig)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)

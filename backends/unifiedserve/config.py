@@ -31,6 +31,10 @@ class EngineConfig:
     max_idle_step_ms: float = 0.0  # unified, no stream decoding: step time cap (0: 2 x the TPOT target; none without)
     overlap_encoder: bool = True  # on CUDA: encoder slices on a low-priority stream beside the LLM step
     encoder_cache_tokens: int = 65536  # encoder output cache (visual tokens) for repeated videos
+    # torch intra-op threads on CPU (0: torch's default, one per core). A server leaves a core to its I/O threads
+    # (the Triton adapter's "auto" = cores - 1, as vLLM's CPU backend reserves one): measured on 2 cores, two
+    # OpenMP threads sharing them with the response thread and tritonserver made decode steps 1.5x slower.
+    cpu_threads: int = 0
 
     # Paged KV cache.
     block_size: int = 16
@@ -45,6 +49,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.cpu_threads < 0:
+            raise ValueError(f"cpu_threads must be >= 0, got {self.cpu_threads}")
         for name in ("max_num_seqs", "max_num_batched_tokens", "encoder_budget_tokens", "block_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

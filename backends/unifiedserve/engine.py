@@ -35,6 +35,8 @@ class Engine:
         torch.manual_seed(config.seed)
         self.config = config
         loaded = load_model(config.model_path, config.device, config.dtype)
+        if config.cpu_threads and loaded.device.type == "cpu":
+            torch.set_num_threads(config.cpu_threads)  # process-wide: the engine owns its process when served
         self.tokenizer = loaded.tokenizer
         self.runner = ModelRunner(config, loaded)
         text_cfg = loaded.model.config.text_config
