@@ -1,0 +1,292 @@
+#!/usr/bin/env python
+"""Serving benchmark through tritonserver: goodput under TTFT/TPOT SLOs, ours vs the stacks users run today.
+
+    .venv/bin/python scripts/bench_serving.py [--quick] [--out bench_out/serving]
+        [--systems ours,ours-blocking,ours-fulldecode,naive] [--model-preset small|tiny | --model PATH]
+        [--rates auto | 0.5,1,2] [--duration S] [--ttft-slo-scale 5] [--tpot-slo-scale 1.5] [--seed 0]
+        [--replot DIR]                                           (all flags: --help; report: docs/benchmarks.md)
+
+Systems (each served by its own tritonserver, started in turn on this machine, same model and videos):
+  ours             model_repository/: FlashCodec (GOP-parallel decode of the sampled frames) -> UnifiedServe (unified
+                   policy: encoder work time-sliced around decode steps, SLO-aware)
+  ours-blocking    the same with policy=blocking: a video's whole encoder pass runs inside one step (vLLM-like)
+  ours-fulldecode  the same with FlashCodec swapped for a sequential full decode (engine pyav_full, vLLM's loaders)
+  naive            baselines/model_repository_naive/: full decode -> vision encoder with Triton dynamic_batching ->
+                   HF generate() per batch with a streamer (the stock Triton stack)
+The encoder output cache and the decoder's index cache are off everywhere: every request pays its own work.
+
+Phase 1, for each system in turn: start its server, warm up, measure unloaded latencies per request class (text;
+each video at its sampling) one request at a time, and TPOT with `typical_batch` text streams at once; stop it.
+SLOs, one set for everyone (stated in the output): TTFT per class = ttft_slo_scale x the fastest system's unloaded
+TTFT of that class; TPOT = tpot_slo_scale x the fastest unloaded TPOT at the typical batch. Every request carries
+them as the ttft_slo_ms / tpot_slo_ms hints (only ours plans with them) and every system is judged by them.
+Phase 2, for each system: start it again, warm up, replay seeded Poisson traces (the same requests at the same times
+for every system: videos of 2-60 s, 240p-720p, H.264/HEVC/VP9, and text questions; ignore_eos with fixed output
+lengths) at rising rates over gRPC streaming, one stream per request, recording TTFT, TPOT, end-to-end latency and
+errors at the client. A sweep stops at the first rate where fewer than half the requests meet the SLOs; a system
+failing its lowest rate is tried at lower rates. Goodput = the highest rate at which >= 90 % of requests meet both
+SLOs (every lower rate passing), interpolated to the next rate as DistServe does.
+
+Outputs in --out: results.json (machine, SLOs, calibration, every run's summary, goodput and ratios), raw.json
+(per-request times), attainment.png (attainment vs rate), cdf.png (TTFT and TPOT CDFs at a rate all sustain), and a
+printed table. Numbers, never pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+for _path in (REPO / "backends", REPO / "scripts"):  # works before `pip install -e .` too
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench_common import host_info  # noqa: E402
+from bench_serving_calibration import calibrate, mean_service_s, warm_up  # noqa: E402
+from bench_serving_client import Hints, replay  # noqa: E402
+from bench_serving_metrics import Slos, goodput, slos_from, summarize  # noqa: E402
+from bench_serving_report import print_table, write_outputs  # noqa: E402
+from bench_serving_trace import TraceShape, ensure_videos, make_trace, mean_service_weights, request_classes  # noqa: E402
+
+from triton_adapters.launcher import TritonServerProcess  # noqa: E402
+
+MODEL_DIRS = {"tiny": "tiny-qwen2.5-vl", "small": "small-qwen2.5-vl", "7b": "7b-qwen2.5-vl"}
+DEFAULT_OUT = REPO / "bench_out" / "serving"
+NO_CACHES = {"MLLM_ENGINE_ENCODER_CACHE_TOKENS": "0", "MLLM_FLASHCODEC_INDEX_CACHE_ENTRIES": "0"}
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    repository: Path
+    env: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+SYSTEMS = {s.name: s for s in (
+    System("ours", REPO / "model_repository", {}, "FlashCodec + UnifiedServe (unified policy)"),
+    System("ours-blocking", REPO / "model_repository", {"MLLM_ENGINE_POLICY": "blocking"},
+           "FlashCodec + UnifiedServe, blocking policy (whole encoder pass in one step, vLLM-like)"),
+    System("ours-fulldecode", REPO / "model_repository",
+           {"MLLM_FLASHCODEC_ENGINE": "pyav_full", "MLLM_FLASHCODEC_NUM_INSTANCES": "1"},
+           "sequential full decode + UnifiedServe (unified policy)"),
+    System("naive", REPO / "baselines" / "model_repository_naive", {},
+           "stock Triton: full decode -> vision encoder (dynamic_batching) -> HF generate() per batch"),
+)}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short traces, 3 rates, 1 calibration rep (< 10 min)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--systems", default="ours,ours-blocking,ours-fulldecode,naive",
+                    help=f"comma-separated, first one sets the rate grid; known: {', '.join(SYSTEMS)}")
+    ap.add_argument("--url", help="benchmark a tritonserver already running at this gRPC host:port instead of "
+                    "starting --systems (one system named 'external'; its caches stay as configured)")
+    ap.add_argument("--model-preset", choices=sorted(MODEL_DIRS), default="small")
+    ap.add_argument("--model", type=Path, help="checkpoint folder (overrides --model-preset)")
+    ap.add_argument("--video-dir", type=Path, default=REPO / "artifacts" / "videos")
+    ap.add_argument("--long-video", action=argparse.BooleanOptionalAction, default=None,
+                    help="include the 60 s 720p class (encoded on first use; default: on, off with --quick)")
+    ap.add_argument("--rates", default="auto", help="req/s list, or auto: multiples of 1 / the first system's "
+                    "mix-weighted unloaded service time")
+    ap.add_argument("--rate-multipliers", default=None, help="for --rates auto (default 0.25,0.5,1,1.5,2,3,4; "
+                    "quick 0.5,1,2)")
+    ap.add_argument("--duration", type=float, default=None, help="trace length per rate in s (default 60; quick 15)")
+    ap.add_argument("--min-requests", type=int, default=None, help="per rate (default 24; quick 8)")
+    ap.add_argument("--bisect", type=int, default=None, help="extra rates between the last pass and the first fail "
+                    "(default 1; quick 0)")
+    ap.add_argument("--video-fraction", type=float, default=0.4)
+    ap.add_argument("--text-tokens", default="32,96", help="min,max output tokens of text requests")
+    ap.add_argument("--video-tokens", default="16,64", help="min,max output tokens of video requests")
+    ap.add_argument("--ttft-slo-scale", type=float, default=5.0)
+    ap.add_argument("--tpot-slo-scale", type=float, default=1.5)
+    ap.add_argument("--typical-batch", type=int, default=4)
+    ap.add_argument("--calib-reps", type=int, default=None, help="default 3; quick 1")
+    ap.add_argument("--calib-tokens", type=int, default=32)
+    ap.add_argument("--stop-below", type=float, default=0.5, help="stop a sweep below this attainment")
+    ap.add_argument("--request-timeout", type=float, default=600.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--replot", type=Path, help="only redraw table and plots from DIR/results.json + raw.json")
+    args = ap.parse_args(argv)
+    q = args.quick
+    args.duration = args.duration or (15.0 if q else 60.0)
+    args.min_requests = args.min_requests or (8 if q else 24)
+    args.bisect = (0 if q else 1) if args.bisect is None else args.bisect
+    args.calib_reps = args.calib_reps or (1 if q else 3)
+    args.long_video = (not q) if args.long_video is None else args.long_video
+    args.rate_multipliers = [float(x) for x in (args.rate_multipliers or ("0.5,1,2" if q else
+                                                                          "0.25,0.5,1,1.5,2,3,4")).split(",")]
+    return args
+
+
+def model_path(args: argparse.Namespace) -> Path:
+    if args.model:
+        return args.model.resolve()
+    path = REPO / "artifacts" / "models" / MODEL_DIRS[args.model_preset]
+    import make_tiny_model  # idempotent: cheap when the folder is complete and current
+
+    make_tiny_model.main(["--out", str(path), "--preset", args.model_preset])
+    return path
+
+
+def _pair(text: str) -> tuple[int, int]:
+    lo, hi = (int(x) for x in text.split(","))
+    return lo, hi
+
+
+@contextlib.contextmanager
+def _serve(system: System, env: dict[str, str], log_dir: Path, url: str | None) -> Iterator[str]:
+    """The gRPC URL of the system: a tritonserver started here (stopped on exit), or the given one."""
+    if url:
+        yield url
+        return
+    log = log_dir / f"tritonserver-{system.name}.log"
+    with TritonServerProcess(system.repository, env=env, log_path=log, ready_timeout_s=600) as server:
+        yield server.grpc_url
+
+
+def _env(system: System, args, model: Path) -> dict[str, str]:
+    return {"MLLM_MODEL_PATH": str(model), "MLLM_MEDIA_ROOTS": str(args.video_dir.resolve()), **NO_CACHES,
+            **system.env}
+
+
+def calibrate_system(system: System, args, classes, videos, model: Path) -> dict:
+    print(f"\n=== {system.name} (calibration): {system.description}", flush=True)
+    started = time.perf_counter()
+    with _serve(system, _env(system, args, model), args.out, args.url) as url:
+        print(f"  ready in {time.perf_counter() - started:.0f} s ({url})", flush=True)
+        return calibrate(url, classes, videos, reps=args.calib_reps, typical_batch=args.typical_batch,
+                         tokens=args.calib_tokens)
+
+
+def sweep_system(system: System, args, classes, videos, shape, model: Path, grid: list[float], slos: Slos) -> dict:
+    print(f"\n=== {system.name} (load): {system.description}", flush=True)
+    started = time.perf_counter()
+    # Every system gets the same SLOs as hints (ttft_slo_ms per class, tpot_slo_ms) and is judged by them.
+    hints = {name: Hints(ms, slos.tpot_ms) for name, ms in slos.ttft_ms.items()}
+    with _serve(system, _env(system, args, model), args.out, args.url) as url:
+        print(f"  ready in {time.perf_counter() - started:.0f} s ({url})", flush=True)
+        warm_up(url, classes, videos)
+        runs, raw = sweep(url, grid, args, classes, videos, shape, hints, slos)
+    return {"runs": runs, "raw": raw}
+
+
+def rate_grid(calibration: dict, args, classes, shape) -> list[float]:
+    """Multiples of 1 / the mix-weighted unloaded service time of one request (the first system's)."""
+    mean_tokens = {c.name: sum(shape.video_tokens if c.video else shape.text_tokens) / 2 for c in classes}
+    base = 1.0 / mean_service_s(calibration, mean_service_weights(classes, shape), mean_tokens)
+    grid = [round(base * m, 3) for m in args.rate_multipliers]
+    print(f"\nrate grid: {grid} req/s (1 / unloaded mix service time = {base:.3f} req/s)", flush=True)
+    return grid
+
+
+def _one_rate(url, rate, args, classes, videos, shape, hints, slos) -> tuple[dict, list]:
+    from tqdm import tqdm
+
+    trace = make_trace(args.seed, rate, args.duration, args.min_requests, classes, shape)
+    with tqdm(total=len(trace), desc=f"  {rate:7.3f} req/s", unit="req", leave=False) as bar:
+        results = replay(url, trace, videos, hints, args.request_timeout, on_done=lambda: bar.update(1))
+    summary = summarize(results, slos, rate)
+    print(f"  {rate:7.3f} req/s: {len(trace):3d} requests, SLO attainment {summary['attainment']:.0%}, "
+          f"TTFT p50 {summary['ttft_ms']['p50']} ms, TPOT p99 {summary['tpot_ms']['p99']} ms, "
+          f"errors {summary['num_errors']}", flush=True)
+    return summary, [asdict(r) for r in results]
+
+
+def sweep(url, grid, args, classes, videos, shape, hints, slos) -> tuple[list[dict], dict]:
+    runs: dict[float, dict] = {}
+    raw: dict[str, list] = {}
+
+    def run(rate: float) -> float:
+        runs[rate], raw[str(rate)] = _one_rate(url, rate, args, classes, videos, shape, hints, slos)
+        return runs[rate]["attainment"]
+
+    for rate in grid:
+        if run(rate) < args.stop_below:
+            break
+    lowest = min(grid)
+    for _ in range(1 if args.quick else 2):  # a system that fails the lowest rate: find where it does pass
+        if runs[lowest]["attainment"] >= 0.9:
+            break
+        lowest = round(lowest / 2, 4)
+        run(lowest)
+    for _ in range(args.bisect):
+        g = goodput((r, s["attainment"]) for r, s in runs.items())
+        above = [r for r in runs if r > g["rate"]]
+        if not g["rate"] or not above:
+            break
+        run(round((g["rate"] + min(above)) / 2, 4))
+    return [runs[r] for r in sorted(runs)], raw
+
+
+def finish(results: dict, args) -> dict:
+    """Judge every run by the common SLOs (fastest system's unloaded latencies), then goodput and ratios."""
+    from bench_serving_client import RequestResult
+
+    slos = slos_from([s["calibration"] for s in results["systems"].values()], args.ttft_slo_scale,
+                     args.tpot_slo_scale)
+    results["slos"] = slos.as_dict()
+    for entry in results["systems"].values():
+        entry["runs"] = [summarize([RequestResult(**r) for r in entry["raw"][str(run["rate"])]], slos, run["rate"])
+                         for run in entry["runs"]]
+        entry["goodput"] = goodput((run["rate"], run["attainment"]) for run in entry["runs"])
+    names = list(results["systems"])
+    if names:
+        ours = results["systems"][names[0]]["goodput"]["interpolated"]
+        results["goodput_ratios"] = {f"{names[0]} / {n}": (round(ours / g, 2) if g else None)
+                                     for n in names[1:] for g in [results["systems"][n]["goodput"]["interpolated"]]}
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.replot:
+        results = json.loads((args.replot / "results.json").read_text())
+        raw = json.loads((args.replot / "raw.json").read_text())
+        for name, entry in results["systems"].items():
+            entry["raw"] = raw[name]
+        print_table(results)
+        write_outputs(results, args.replot)
+        return 0
+    systems = ([System("external", Path(), {}, f"the server at {args.url}")] if args.url
+               else [SYSTEMS[name] for name in args.systems.split(",")])
+    classes = request_classes(args.long_video)
+    ensure_videos(args.video_dir, classes)
+    videos = {c.video: (args.video_dir / c.video).read_bytes() for c in classes if c.video}
+    shape = TraceShape(args.video_fraction, _pair(args.text_tokens), _pair(args.video_tokens))
+    model = model_path(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    grid = None if args.rates == "auto" else [float(x) for x in args.rates.split(",")]
+    results = {"machine": host_info(), "model": str(model), "args": {k: str(v) for k, v in vars(args).items()},
+               "classes": [asdict(c) for c in classes], "systems": {}}
+    started = time.perf_counter()
+    # Phase 1: every system's unloaded latencies -> one set of SLOs for all. Phase 2: the load sweeps.
+    calibrations = {s.name: calibrate_system(s, args, classes, videos, model) for s in systems}
+    slos = slos_from(calibrations.values(), args.ttft_slo_scale, args.tpot_slo_scale)
+    print(f"\nSLOs for every system: TPOT {slos.tpot_ms:.2f} ms; TTFT "
+          + ", ".join(f"{k} {v:.0f} ms" for k, v in slos.ttft_ms.items()), flush=True)
+    grid = grid or rate_grid(calibrations[systems[0].name], args, classes, shape)
+    for system in systems:
+        results["systems"][system.name] = {
+            "system": asdict(system) | {"repository": str(system.repository)},
+            "calibration": calibrations[system.name], "grid": grid,
+            **sweep_system(system, args, classes, videos, shape, model, grid, slos)}
+    results["wall_s"] = round(time.perf_counter() - started, 1)
+    finish(results, args)
+    print_table(results)
+    write_outputs(results, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

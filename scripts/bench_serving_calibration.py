@@ -1,0 +1,66 @@
+"""bench_serving: unloaded latencies of one served system, measured through the same gRPC client.
+
+Per request class: ``reps`` requests one at a time (median TTFT, TPOT, end to end); then ``typical_batch``
+text requests at once (median TPOT: a decode step at a small batch, what the TPOT SLO scales). A warm-up
+request per class first, untimed, so lazy initialisation and first-call costs are not counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from bench_serving_client import Hints, RequestResult, replay
+from bench_serving_trace import TEXT, TEXT_PROMPTS, VIDEO_PROMPTS, RequestClass, TraceRequest
+
+
+def _alone(cls: RequestClass, tokens: int, tag: str) -> TraceRequest:
+    prompt = VIDEO_PROMPTS[0] if cls.video else TEXT_PROMPTS[0]
+    return TraceRequest(f"{tag}-{cls.name}", 0.0, cls, prompt, tokens)
+
+
+def _check(results: list[RequestResult], what: str) -> None:
+    bad = [r for r in results if r.error]
+    if bad:
+        raise RuntimeError(f"calibration ({what}) failed: {bad[0].request_id}: {bad[0].error}")
+
+
+def warm_up(url: str, classes: tuple[RequestClass, ...], videos: dict[str, bytes]) -> None:
+    """One short request per class, one at a time: first-call costs (lazy imports, allocations) are paid here."""
+    for cls in classes:
+        _check(replay(url, [_alone(cls, 4, "warm")], videos, {}), f"warm-up {cls.name}")
+
+
+def calibrate(url: str, classes: tuple[RequestClass, ...], videos: dict[str, bytes], *, reps: int,
+              typical_batch: int, tokens: int, progress: Callable[[str], None] = print) -> dict:
+    """Unloaded latencies, measured without SLO hints (the SLOs are derived from them)."""
+    hints: dict[str, Hints] = {}
+    warm_up(url, classes, videos)
+    ttft, tpot, e2e = {}, {}, {}
+    for cls in classes:
+        runs = [replay(url, [_alone(cls, tokens, f"cal{i}")], videos, hints)[0] for i in range(reps)]
+        _check(runs, cls.name)
+        ttft[cls.name] = float(np.median([r.ttft_ms for r in runs]))
+        tpot[cls.name] = float(np.median([r.tpot_ms for r in runs if r.tpot_ms is not None]))
+        e2e[cls.name] = float(np.median([r.e2e_ms for r in runs]))
+        progress(f"  unloaded {cls.name:>14}: TTFT {ttft[cls.name]:7.1f} ms  TPOT {tpot[cls.name]:5.2f} ms  "
+                 f"e2e ({tokens} tokens) {e2e[cls.name]:7.1f} ms")
+    batch = [TraceRequest(f"batch-{i}", 0.0, TEXT, TEXT_PROMPTS[i % len(TEXT_PROMPTS)], tokens)
+             for i in range(typical_batch)]
+    batch_tpot = []
+    for _ in range(max(1, reps - 1)):
+        runs = replay(url, batch, videos, hints)
+        _check(runs, "batch")
+        batch_tpot += [r.tpot_ms for r in runs if r.tpot_ms is not None]
+    out = {"ttft_ms": ttft, "tpot_ms": tpot, "e2e_ms": e2e, "tokens": tokens, "typical_batch": typical_batch,
+           "batch_tpot_ms": float(np.median(batch_tpot))}
+    progress(f"  unloaded TPOT with {typical_batch} text streams at once: {out['batch_tpot_ms']:.2f} ms")
+    return out
+
+
+def mean_service_s(calibration: dict, shares: dict[str, float], mean_tokens: dict[str, float]) -> float:
+    """Mix-weighted unloaded service time of one request: TTFT + (tokens - 1) x TPOT, per class."""
+    total = 0.0
+    for name, share in shares.items():
+        total += share * (calibration["ttft_ms"][name] + (mean_tokens[name] - 1) * calibration["tpot_ms"][name])
+    return total / 1e3
