@@ -99,6 +99,7 @@ def _plot_cdfs(plt, results: dict, rate: float, path: Path) -> None:
     ax_ttft.axvline(1.0, color="grey", linestyle="--", linewidth=1)
     ax_tpot.axvline(slos.tpot_ms, color="grey", linestyle="--", linewidth=1)
     ax_ttft.set_xscale("log")
+    ax_ttft.xaxis.set_minor_formatter(plt.NullFormatter())  # log minor labels overlap
     ax_ttft.set_xlabel("TTFT / its class's TTFT SLO (log)")
     ax_tpot.set_xlabel("TPOT (ms, mean per request)")
     for ax in (ax_ttft, ax_tpot):
