@@ -70,6 +70,13 @@ def test_a_stream_that_used_its_slack_gets_short_steps():
     assert b.time_s == 0.0 and b.allow_forced
 
 
+def test_the_slack_keeps_the_headroom_margin():
+    # With headroom 0.9 a stream's mean TPOT is steered to 45 ms, not to its 50 ms SLO: 10 gaps may take 450 ms.
+    cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=0.9)
+    target, boost, per_gap = step_target_s(cfg, _decoders(1, 100, outputs=10, first_token_time=0.0), [], now=0.43)
+    assert abs(per_gap - 0.045) < 1e-9 and abs(target - 0.02) < 1e-9 and boost == 0.0
+
+
 def test_idle_steps_are_capped_so_arrivals_are_seen_soon():
     cost = _cost()
     cfg = EngineConfig(model_path="x", tpot_slo_ms=25.0)
