@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "mix-weighted unloaded service time")
     ap.add_argument("--rate-multipliers", default=None, help="for --rates auto (default 0.25,0.5,1,1.5,2,3,4; "
                     "quick 0.5,1,2)")
-    ap.add_argument("--duration", type=float, default=None, help="trace length per rate in s (default 60; quick 15)")
+    ap.add_argument("--duration", type=float, default=None, help="trace length per rate in s (default 60; quick 12)")
     ap.add_argument("--min-requests", type=int, default=None, help="per rate (default 24; quick 8)")
     ap.add_argument("--bisect", type=int, default=None, help="extra rates between the last pass and the first fail "
                     "(default 1; quick 0)")
@@ -119,7 +119,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--replot", type=Path, help="only redraw table and plots from DIR/results.json + raw.json")
     args = ap.parse_args(argv)
     q = args.quick
-    args.duration = args.duration or (15.0 if q else 60.0)
+    args.duration = args.duration or (12.0 if q else 60.0)
     args.min_requests = args.min_requests or (8 if q else 24)
     args.bisect = (0 if q else 1) if args.bisect is None else args.bisect
     args.calib_reps = args.calib_reps or (1 if q else 3)
