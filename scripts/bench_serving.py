@@ -86,7 +86,7 @@ SYSTEMS = {s.name: s for s in (
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="short traces, 3 rates, 1 calibration rep (< 10 min)")
+    ap.add_argument("--quick", action="store_true", help="10 s traces at 3 rates, no probing below them, 1 calibration rep (< 10 min)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--systems", default="ours,ours-blocking,ours-fulldecode,naive",
                     help=f"comma-separated, first one sets the rate grid; known: {', '.join(SYSTEMS)}")
@@ -100,9 +100,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rates", default="auto", help="req/s list, or auto: multiples of 1 / the first system's "
                     "mix-weighted unloaded service time")
     ap.add_argument("--rate-multipliers", default=None, help="for --rates auto (default 0.25,0.5,1,1.5,2,3,4; "
-                    "quick 0.5,1,2)")
-    ap.add_argument("--duration", type=float, default=None, help="trace length per rate in s (default 60; quick 12)")
-    ap.add_argument("--min-requests", type=int, default=None, help="per rate (default 24; quick 8)")
+                    "quick 0.3,0.6,1.2)")
+    ap.add_argument("--duration", type=float, default=None, help="trace length per rate in s (default 60; quick 10)")
+    ap.add_argument("--min-requests", type=int, default=None, help="per rate (default 24; quick 6)")
     ap.add_argument("--bisect", type=int, default=None, help="extra rates between the last pass and the first fail "
                     "(default 1; quick 0)")
     ap.add_argument("--video-fraction", type=float, default=0.4)
@@ -119,12 +119,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--replot", type=Path, help="only redraw table and plots from DIR/results.json + raw.json")
     args = ap.parse_args(argv)
     q = args.quick
-    args.duration = args.duration or (12.0 if q else 60.0)
-    args.min_requests = args.min_requests or (8 if q else 24)
+    args.duration = args.duration or (10.0 if q else 60.0)
+    args.min_requests = args.min_requests or (6 if q else 24)
     args.bisect = (0 if q else 1) if args.bisect is None else args.bisect
     args.calib_reps = args.calib_reps or (1 if q else 3)
     args.long_video = (not q) if args.long_video is None else args.long_video
-    args.rate_multipliers = [float(x) for x in (args.rate_multipliers or ("0.5,1,2" if q else
+    args.rate_multipliers = [float(x) for x in (args.rate_multipliers or ("0.3,0.6,1.2" if q else
                                                                           "0.25,0.5,1,1.5,2,3,4")).split(",")]
     return args
 
@@ -215,7 +215,7 @@ def sweep(url, grid, args, classes, videos, shape, hints, slos) -> tuple[list[di
         if run(rate) < args.stop_below:
             break
     lowest = min(grid)
-    for _ in range(1 if args.quick else 2):  # a system that fails the lowest rate: find where it does pass
+    for _ in range(0 if args.quick else 2):  # a system that fails the lowest rate: find where it does pass
         if runs[lowest]["attainment"] >= 0.9:
             break
         lowest = round(lowest / 2, 4)
