@@ -86,7 +86,8 @@ SYSTEMS = {s.name: s for s in (
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="10 s traces at 3 rates, no probing below them, 1 calibration rep (< 10 min)")
+    ap.add_argument("--quick", action="store_true",
+                    help="10 s traces at 3 rates, no probing below them, 1 calibration rep (< 10 min)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--systems", default="ours,ours-blocking,ours-fulldecode,naive",
                     help=f"comma-separated, first one sets the rate grid; known: {', '.join(SYSTEMS)}")

@@ -142,8 +142,9 @@ def step_target_s(config, decoders: Sequence, candidates: Sequence, now: float
 
     With streams decoding: every gap stays under the tightest TPOT SLO x `tpot_headroom` (the per-gap target),
     and never past a stream's slack: the time this step may take so that the mean TPOT of the stream's gaps
-    so far stays under its SLO x `tpot_headroom` (a stream that lost time to a slow step or a preemption gets decode-only steps
-    until it is back). The boost is what the slack allows beyond the target, up to twice the per-gap target.
+    so far stays under its SLO x `tpot_headroom` (a stream that lost time to a slow step or a preemption gets
+    decode-only steps until it is back). The boost is what the slack allows beyond the target, up to twice the
+    per-gap target.
     Without decoders: `max_idle_step_ms` (default 2 x the TPOT target), so that a request arriving during a
     long prefill or encoder step waits at most that long before the scheduler sees it.
     """
