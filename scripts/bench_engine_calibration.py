@@ -7,8 +7,9 @@ import time
 
 import numpy as np
 import torch
+from bench_common import TEXT_PROMPTS, VIDEO_PROMPTS
 from bench_engine_metrics import cost_model_state, decode_period_ms, step_col
-from bench_engine_trace import TEXT_PROMPTS, VIDEO_PROMPTS, Clip, RunRecord, TraceItem, replay
+from bench_engine_trace import Clip, RunRecord, TraceItem, replay
 
 from unifiedserve import Engine, EngineConfig, GenerationInput, SamplingParams, VideoInput
 

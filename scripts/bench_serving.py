@@ -230,16 +230,10 @@ def sweep(url, grid, args, classes, videos, shape, hints, slos) -> tuple[list[di
     return [runs[r] for r in sorted(runs)], raw
 
 
-def finish(results: dict, args) -> dict:
-    """Judge every run by the common SLOs (fastest system's unloaded latencies), then goodput and ratios."""
-    from bench_serving_client import RequestResult
-
-    slos = slos_from([s["calibration"] for s in results["systems"].values()], args.ttft_slo_scale,
-                     args.tpot_slo_scale)
+def finish(results: dict, slos: Slos) -> dict:
+    """Goodput per system (its runs were judged by ``slos`` as they ran) and ours vs each other system."""
     results["slos"] = slos.as_dict()
     for entry in results["systems"].values():
-        entry["runs"] = [summarize([RequestResult(**r) for r in entry["raw"][str(run["rate"])]], slos, run["rate"])
-                         for run in entry["runs"]]
         entry["goodput"] = goodput((run["rate"], run["attainment"]) for run in entry["runs"])
     names = list(results["systems"])
     if names:
@@ -283,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             "calibration": calibrations[system.name], "grid": grid,
             **sweep_system(system, args, classes, videos, shape, model, grid, slos)}
     results["wall_s"] = round(time.perf_counter() - started, 1)
-    finish(results, args)
+    finish(results, slos)
     print_table(results)
     write_outputs(results, args.out)
     return 0

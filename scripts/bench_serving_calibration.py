@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from bench_common import TEXT_PROMPTS, VIDEO_PROMPTS
 from bench_serving_client import Hints, RequestResult, replay
-from bench_serving_trace import TEXT, TEXT_PROMPTS, VIDEO_PROMPTS, RequestClass, TraceRequest
+from bench_serving_trace import TEXT, RequestClass, TraceRequest
 
 
 def _alone(cls: RequestClass, tokens: int, tag: str) -> TraceRequest:

@@ -11,17 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-TEXT_PROMPTS = (
-    "Tell me a story about a red cat and a blue car.",
-    "Explain how a train moves along the river, step by step.",
-    "Summarize what happens when the green ball rolls down the road.",
-    "Describe a city street at night: the lights, the cars, the people walking home.",
-    "Write a short poem about mountains, birds and a yellow kite.",
-    "Why does the robot stop at the door? Give three reasons.",
-)
-VIDEO_PROMPTS = ("Describe this video.", "What happens in this video?", "How many objects move in this video?",
-                 "Summarize the video in two sentences.")
+from bench_common import TEXT_PROMPTS, VIDEO_PROMPTS
 
 
 @dataclass(frozen=True)
