@@ -79,6 +79,9 @@ SYSTEMS = {s.name: s for s in (
     System("ours-fulldecode", REPO / "model_repository",
            {"MLLM_FLASHCODEC_ENGINE": "pyav_full", "MLLM_FLASHCODEC_NUM_INSTANCES": "1"},
            "sequential full decode + UnifiedServe (unified policy)"),
+    # Ablation, not in the default run: every forward on cpu_threads (no burst threads for encoder / prefill).
+    System("ours-noburst", REPO / "model_repository", {"MLLM_ENGINE_CPU_BURST_THREADS": "0"},
+           "FlashCodec + UnifiedServe without CPU burst threads"),
     System("naive", REPO / "baselines" / "model_repository_naive", {},
            "stock Triton: full decode -> vision encoder (dynamic_batching) -> HF generate() per batch"),
 )}

@@ -7,7 +7,7 @@ import random
 from types import SimpleNamespace
 
 from unifiedserve.config import EngineConfig
-from unifiedserve.cost_model import OnlineLinearFit, StepCostModel, step_budgets, step_target_s
+from unifiedserve.cost_model import OnlineLinearFit, StepCostModel, StepStats, step_budgets, step_target_s
 
 
 def test_fit_recovers_known_costs_from_noisy_samples():
@@ -32,9 +32,10 @@ def _decoders(n: int, context: int, tpot_slo_ms: float | None = None, outputs: i
                             first_token_time=first_token_time) for _ in range(n)]
 
 
-def _cost(intercept=0.010, decode=1e-4, prefill=1e-4, attention=0.0, encoder=1e-3) -> StepCostModel:
-    cost = StepCostModel()
-    cost.llm.w[:] = [intercept, decode, prefill, attention]
+def _cost(intercept=0.010, decode=1e-4, prefill=1e-4, attention=0.0, encoder=1e-3, burst: float | None = None
+          ) -> StepCostModel:
+    cost = StepCostModel(bursts=burst is not None)
+    cost.llm.w[:] = [intercept, decode, prefill, attention, burst or 0.0]
     cost.encoder.w[:] = [0.0, encoder]
     return cost
 
@@ -50,6 +51,27 @@ def test_budgets_are_the_headroom_under_the_tpot_target():
     # A tighter per-request SLO wins; no headroom at all -> nothing but the scheduler's forced unit.
     b = step_budgets(cfg, cost, _decoders(4, 100, tpot_slo_ms=5.0), [], now=0.0)
     assert b.time_s == 0.0 and b.tokens == 4 and b.encoder_tokens == 0.0
+
+
+def test_bursting_pays_its_fixed_cost_out_of_the_headroom():
+    """A forward with prefill work runs on the CPU burst threads: the fork/join cost it adds comes off the
+    time the prefill and encoder work may use, so the mixed step still meets its target."""
+    cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=1.0, max_num_batched_tokens=4096,
+                       encoder_budget_tokens=4096)
+    b = step_budgets(cfg, _cost(burst=0.005), _decoders(4, 100), [], now=0.0)
+    assert abs(b.time_s - 0.0346) < 1e-9  # 50 - 10.4 (decodes) - 5 (burst) ms
+    assert _cost(burst=0.005).llm_s(4, 0, 0.0, burst=True) > _cost(burst=0.005).llm_s(4, 0, 0.0)
+
+
+def test_the_fit_separates_the_burst_fixed_cost_from_the_prefill_price():
+    cost = StepCostModel(bursts=True)
+    for n in range(200):
+        decodes, prefill = n % 5 + 1, (n * 37) % 300
+        burst = prefill >= 32
+        llm_s = 0.008 + 2e-3 * decodes + (5e-5 if burst else 1e-4) * prefill + (0.004 if burst else 0.0)
+        cost.observe(StepStats(0.0, llm_s, decodes, prefill, 0.0, 0.0, 0, llm_s, 0.0, llm_burst=burst))
+    assert abs(cost.burst_s - 0.004) < 1.5e-3 and abs(cost.llm.w[2] - 5e-5) < 1e-5
+    assert StepCostModel(bursts=False).burst_s == 0.0
 
 
 def test_a_stream_that_used_its_slack_gets_short_steps():

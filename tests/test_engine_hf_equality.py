@@ -79,6 +79,21 @@ def test_chunked_prefill_and_sliced_encoder_match_hf(tiny_model_path, hf_model):
     assert [o.token_ids for o in outs] == _expected(engine, hf_model, inputs)
 
 
+def test_cpu_thread_bursts_match_hf(tiny_model_path, hf_model):
+    """Encoder slices and big prefill chunks on 2 threads, decode steps on 1: same tokens as HF."""
+    before = torch.get_num_threads()
+    try:
+        engine = _engine(tiny_model_path, max_num_batched_tokens=40, encoder_budget_tokens=8, cpu_threads=1,
+                         cpu_burst_threads=2, cpu_burst_min_tokens=16)
+        inputs = _inputs()
+        outs = engine.generate(inputs, SamplingParams(max_tokens=MAX_NEW))
+        assert {s.llm_burst for s in engine.step_stats} == {True, False}  # both kinds of forward ran
+        assert torch.get_num_threads() == 1
+        assert [o.token_ids for o in outs] == _expected(engine, hf_model, inputs)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_requests_joining_and_leaving_match_hf(tiny_model_path, hf_model):
     engine = _engine(tiny_model_path)
     inputs = _inputs()

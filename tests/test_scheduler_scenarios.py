@@ -78,7 +78,7 @@ def test_timed_step_spends_the_headroom_in_urgency_order_with_one_forced_unit() 
     cfg = EngineConfig(model_path="unused", tpot_slo_ms=20.0, tpot_headroom=1.0, num_kv_blocks=100, block_size=4,
                        min_prefill_chunk=2)
     cost = StepCostModel()
-    cost.llm.w[:] = [0.004, 0.001, 0.001, 0.0]  # 4 ms per forward, 1 ms per decode row or prefill token
+    cost.llm.w[:] = [0.004, 0.001, 0.001, 0.0, 0.0]  # 4 ms per forward, 1 ms per decode row or prefill token
     s = Scheduler(cfg, BlockManager(cfg.num_kv_blocks, cfg.block_size), cost)
     a = _text_request("a", 3, max_tokens=100, arrival=0.0)
     s.add(a)

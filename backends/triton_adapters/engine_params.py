@@ -29,11 +29,16 @@ def engine_config_from_parameters(params: Mapping[str, str]) -> EngineConfig:
     values.setdefault("model_path", default_model_path())
     if values.get("cpu_threads") == "auto":
         values["cpu_threads"] = str(auto_cpu_threads())
+    if values.get("cpu_burst_threads") == "auto":
+        values["cpu_burst_threads"] = str(usable_cores())
     return EngineConfig.from_mapping(values)
 
 
 def auto_cpu_threads() -> int:
     """Served on CPU, torch gets every usable core but one: that one runs the response thread, tritonserver's
     gRPC/HTTP threads and the other models' processes (2 cores: torch 1; measured, see EngineConfig)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - 1)
+    return max(1, usable_cores() - 1)
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

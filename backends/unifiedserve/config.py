@@ -35,6 +35,10 @@ class EngineConfig:
     # (the Triton adapter's "auto" = cores - 1, as vLLM's CPU backend reserves one): measured on 2 cores, two
     # OpenMP threads sharing them with the response thread and tritonserver made decode steps 1.5x slower.
     cpu_threads: int = 0
+    # Encoder slices and forwards with >= cpu_burst_min_tokens prefill tokens run on cpu_burst_threads instead
+    # (0: no burst; the adapter's "auto" = every core): big matmuls gain from the extra core (cpu_threads.py).
+    cpu_burst_threads: int = 0
+    cpu_burst_min_tokens: int = 32
 
     # Paged KV cache.
     block_size: int = 16
@@ -49,8 +53,9 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
-        if self.cpu_threads < 0:
-            raise ValueError(f"cpu_threads must be >= 0, got {self.cpu_threads}")
+        for name in ("cpu_threads", "cpu_burst_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("max_num_seqs", "max_num_batched_tokens", "encoder_budget_tokens", "block_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

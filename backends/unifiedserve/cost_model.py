@@ -1,7 +1,8 @@
 """Step cost model fitted online from measured step times, and the per-step budgets it implies.
 
 UnifiedServe keeps every running stream within its TPOT SLO: a step's predicted time = LLM time (a fixed
-part per forward + decode rows + prefill tokens + attention work) + encoder time (pieces started + encoder
+part per forward + decode rows + prefill tokens + attention work + a fixed part for a forward on the CPU burst
+threads, cpu_threads.py) + encoder time (pieces started + encoder
 tokens carried through the tower). Decode rows and prefill tokens have separate prices: on a CPU, and for
 small batches on a GPU, a decode row costs mostly the weight reads it shares with the rest of the batch
 while a prefill token costs its full matmuls. Coefficients are refitted by least squares over a sliding
@@ -41,6 +42,7 @@ class StepStats:
     token_budget: int = 0
     encoder_budget: float = 0.0
     target_s: float = 0.0  # the step's planned time (0: no target, the configured maxima applied)
+    llm_burst: bool = False  # the LLM forward ran on the CPU burst threads
 
 
 class OnlineLinearFit:
@@ -89,19 +91,26 @@ class OnlineLinearFit:
 
 class StepCostModel:
     # Priors for the small CPU model; the fit replaces them after a few dozen steps.
-    def __init__(self) -> None:
-        # [1, decode rows, prefill tokens, attention kwork]
-        self.llm = OnlineLinearFit(prior=[6e-3, 1e-3, 2.5e-4, 1e-4])
+    def __init__(self, bursts: bool = False) -> None:
+        # [1, decode rows, prefill tokens, attention kwork, ran on the burst threads]
+        self.llm = OnlineLinearFit(prior=[6e-3, 1e-3, 2.5e-4, 1e-4, 3e-3])
+        self.bursts = bursts
         self.encoder = OnlineLinearFit(prior=[3e-3, 1.5e-4])  # [pieces started, encoder tokens]
 
     def observe(self, s: StepStats) -> None:
         if s.num_decode_tokens + s.num_prefill_tokens:
-            self.llm.add([1.0, float(s.num_decode_tokens), float(s.num_prefill_tokens), s.attention_work], s.llm_s)
+            self.llm.add([1.0, float(s.num_decode_tokens), float(s.num_prefill_tokens), s.attention_work,
+                          float(s.llm_burst)], s.llm_s)
         if s.encoder_tokens:
             self.encoder.add([float(s.num_encoder_pieces_started), s.encoder_tokens], s.encoder_s)
 
-    def llm_s(self, decode_tokens: int, prefill_tokens: int, attention_work: float) -> float:
-        return self.llm.predict([1.0, float(decode_tokens), float(prefill_tokens), attention_work])
+    def llm_s(self, decode_tokens: int, prefill_tokens: int, attention_work: float, burst: bool = False) -> float:
+        return self.llm.predict([1.0, float(decode_tokens), float(prefill_tokens), attention_work, float(burst)])
+
+    @property
+    def burst_s(self) -> float:
+        """What a forward pays extra on the burst threads (fork/join of small ops); 0 without bursting."""
+        return float(self.llm.w[4]) if self.bursts else 0.0
 
     def prefill_token_s(self, context: int) -> float:
         """Marginal time of one prefill token that attends over `context` tokens."""
@@ -183,7 +192,8 @@ def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Se
     target, boost, per_gap = planned
     decode_attention = sum(r.num_tokens for r in decoders) / 1000.0
     decode_s = cost.llm_s(len(decoders), 0, decode_attention)
-    headroom = max(0.0, target - decode_s)
+    # Prefill work makes the forward run on the burst threads (when bursting): the headroom pays for that first.
+    headroom = max(0.0, target - decode_s - cost.burst_s)
     tokens = len(decoders) + int(min(headroom / cost.prefill_token_s(0), config.max_num_batched_tokens))
     encoder = headroom / cost.encoder_token_s
     # A stream behind its TPOT slack catches up with decode-only steps, without the forced unit, when decode

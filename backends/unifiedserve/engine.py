@@ -35,14 +35,12 @@ class Engine:
         torch.manual_seed(config.seed)
         self.config = config
         loaded = load_model(config.model_path, config.device, config.dtype)
-        if config.cpu_threads and loaded.device.type == "cpu":
-            torch.set_num_threads(config.cpu_threads)  # process-wide: the engine owns its process when served
         self.tokenizer = loaded.tokenizer
         self.runner = ModelRunner(config, loaded)
         text_cfg = loaded.model.config.text_config
         self.max_model_len = config.max_model_len or text_cfg.max_position_embeddings
         self.blocks = BlockManager(self.runner.num_kv_blocks, config.block_size)
-        self.cost = StepCostModel()
+        self.cost = StepCostModel(bursts=self.runner.threads.enabled)
         self.scheduler = Scheduler(config, self.blocks, self.cost, same_step_encoder=self.runner.overlap is None)
         self.step_stats: collections.deque[StepStats] = collections.deque(maxlen=config.step_stats_window)
         self.sampler = Sampler(config.seed)
@@ -127,6 +125,7 @@ class Engine:
             encoder_tokens=plan.num_encoder_tokens,
             num_encoder_pieces_started=sum(1 for w in plan.encoder_work if w.block_start == 0),
             llm_s=llm_s, encoder_s=encoder_s,
+            llm_burst=self.runner.threads.llm_bursts(plan.num_batched_tokens - decodes),
             token_budget=plan.budgets.tokens if plan.budgets else 0,
             encoder_budget=plan.budgets.encoder_tokens if plan.budgets else 0.0,
             target_s=plan.budgets.target_s if plan.budgets else 0.0,

@@ -7,6 +7,7 @@ import time
 import torch
 
 from unifiedserve.config import EngineConfig
+from unifiedserve.cpu_threads import CpuThreads
 from unifiedserve.encoder_planner import EncoderWork
 from unifiedserve.layered_encoder import LayeredVisionEncoder
 from unifiedserve.model_loader import LoadedModel
@@ -19,6 +20,8 @@ class ModelRunner:
         self.model = loaded.model
         self.device = loaded.device
         self.dtype = loaded.dtype
+        self.threads = CpuThreads(config.cpu_threads, config.cpu_burst_threads, config.cpu_burst_min_tokens,
+                                  on_cpu=self.device.type == "cpu")
         text = self.model.config.text_config
         self.num_layers = text.num_hidden_layers
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
@@ -95,9 +98,11 @@ class ModelRunner:
         if self.overlap is not None:
             return self.overlap.execute(plan, self.run_encoder, self.run_llm)
         t0 = time.perf_counter()
-        self.run_encoder(plan.encoder_work)
+        with self.threads.bursting(bool(plan.encoder_work)):
+            self.run_encoder(plan.encoder_work)
         t1 = time.perf_counter()
-        logits = self.run_llm(plan.chunks) if plan.chunks else torch.empty(0)
+        with self.threads.bursting(self.threads.llm_bursts(plan.num_batched_tokens - plan.num_decodes)):
+            logits = self.run_llm(plan.chunks) if plan.chunks else torch.empty(0)
         t2 = time.perf_counter()
         return logits, t1 - t0, t2 - t1
 
