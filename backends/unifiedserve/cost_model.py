@@ -1,13 +1,12 @@
 """Step cost model fitted online from measured step times, and the per-step budgets it implies.
 
-UnifiedServe keeps every running stream within its TPOT SLO: a step's predicted time = LLM time (a fixed
-part per forward + decode rows + prefill tokens + attention work + a fixed part for a forward on the CPU burst
-threads, cpu_threads.py) + encoder time (pieces started + encoder
-tokens carried through the tower). Decode rows and prefill tokens have separate prices: on a CPU, and for
-small batches on a GPU, a decode row costs mostly the weight reads it shares with the rest of the batch
-while a prefill token costs its full matmuls. Coefficients are refitted by least squares over a sliding
-window of measured steps (non-negative, with a prior until enough samples exist), so the budgets follow
-the real machine.
+UnifiedServe keeps every running stream within its TPOT SLO: a step's predicted time = LLM time (a fixed part
+per forward + decode rows + prefill tokens + attention work + a fixed part for a forward on the CPU burst
+threads, cpu_threads.py) + encoder time (pieces started + encoder tokens carried through the tower). Decode
+rows and prefill tokens have separate prices: on a CPU, and for small batches on a GPU, a decode row costs
+mostly the weight reads it shares with the rest of the batch while a prefill token costs its full matmuls.
+Coefficients are refitted by least squares over a sliding window of measured steps (non-negative, with a prior
+until enough samples exist), so the budgets follow the real machine.
 
 The step's time target (`step_target_s`) comes from the running streams' TPOT SLOs: every gap stays under
 the tightest SLO x `tpot_headroom`, and a stream whose mean TPOT so far has used up its slack (a slow

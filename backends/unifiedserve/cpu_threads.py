@@ -20,7 +20,7 @@ class CpuThreads:
     def __init__(self, base: int, burst: int, burst_min_tokens: int, on_cpu: bool) -> None:
         self.base = base
         # Bursting is on only where it changes something: on CPU, with a burst larger than the base.
-        self.burst = burst if on_cpu and burst > max(base, 1) and base > 0 else 0
+        self.burst = burst if on_cpu and 0 < base < burst else 0
         self.burst_min_tokens = burst_min_tokens
         if on_cpu and base:
             torch.set_num_threads(base)  # process-wide: the engine owns its process when served

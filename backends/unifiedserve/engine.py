@@ -117,15 +117,14 @@ class Engine:
         return self._postprocess(plan, logits)
 
     def _record(self, plan: SchedulerOutput, start: float, encoder_s: float, llm_s: float) -> None:
-        decodes = plan.num_decodes
         stats = StepStats(
             start_s=start, end_s=time.monotonic(),
-            num_decode_tokens=decodes, num_prefill_tokens=plan.num_batched_tokens - decodes,
+            num_decode_tokens=plan.num_decodes, num_prefill_tokens=plan.num_prefill_tokens,
             attention_work=sum(c.num_tokens * c.end for c in plan.chunks) / 1000.0,
             encoder_tokens=plan.num_encoder_tokens,
             num_encoder_pieces_started=sum(1 for w in plan.encoder_work if w.block_start == 0),
             llm_s=llm_s, encoder_s=encoder_s,
-            llm_burst=self.runner.threads.llm_bursts(plan.num_batched_tokens - decodes),
+            llm_burst=self.runner.threads.llm_bursts(plan.num_prefill_tokens),
             token_budget=plan.budgets.tokens if plan.budgets else 0,
             encoder_budget=plan.budgets.encoder_tokens if plan.budgets else 0.0,
             target_s=plan.budgets.target_s if plan.budgets else 0.0,

@@ -101,7 +101,7 @@ class ModelRunner:
         with self.threads.bursting(bool(plan.encoder_work)):
             self.run_encoder(plan.encoder_work)
         t1 = time.perf_counter()
-        with self.threads.bursting(self.threads.llm_bursts(plan.num_batched_tokens - plan.num_decodes)):
+        with self.threads.bursting(self.threads.llm_bursts(plan.num_prefill_tokens)):
             logits = self.run_llm(plan.chunks) if plan.chunks else torch.empty(0)
         t2 = time.perf_counter()
         return logits, t1 - t0, t2 - t1

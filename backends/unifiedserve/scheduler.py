@@ -47,6 +47,10 @@ class SchedulerOutput:
         return sum(c.num_tokens for c in self.chunks)
 
     @property
+    def num_prefill_tokens(self) -> int:
+        return self.num_batched_tokens - self.num_decodes
+
+    @property
     def num_encoder_tokens(self) -> float:
         return sum(w.num_tokens for w in self.encoder_work)
 
