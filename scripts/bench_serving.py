@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench_serving.py [--quick] [--out bench_out/serving]
         [--systems ours,ours-blocking,ours-fulldecode,naive] [--model-preset small|tiny | --model PATH]
         [--rates auto | 0.5,1,2] [--duration S] [--ttft-slo-scale 5] [--tpot-slo-scale 1.5] [--seed 0]
-        [--replot DIR]                                           (all flags: --help; report: docs/benchmarks.md)
+        [--replot DIR | --extend DIR]                            (all flags: --help; report: docs/benchmarks.md)
 
 Systems (each served by its own tritonserver, started in turn on this machine, same model and videos):
   ours             model_repository/: FlashCodec (GOP-parallel decode of the sampled frames) -> UnifiedServe (unified
@@ -24,8 +24,11 @@ Phase 2, for each system: start it again, warm up, replay seeded Poisson traces 
 for every system: videos of 2-60 s, 240p-720p, H.264/HEVC/VP9, and text questions; ignore_eos with fixed output
 lengths) at rising rates over gRPC streaming, one stream per request, recording TTFT, TPOT, end-to-end latency and
 errors at the client. A sweep stops at the first rate where fewer than half the requests meet the SLOs; a system
-failing its lowest rate is tried at lower rates. Goodput = the highest rate at which >= 90 % of requests meet both
-SLOs (every lower rate passing), interpolated to the next rate as DistServe does.
+failing its lowest rate is tried at lower rates; then bisection between the last pass and the first fail until they
+are within --bisect-resolution of each other. Goodput = the highest rate at which >= 90 % of requests meet both
+SLOs (every lower rate passing), interpolated to the next rate as DistServe does. The first system (ours) is swept
+last and also runs at every other system's highest sustained rate, so p99 TPOT is compared at a rate both sustain.
+--extend DIR runs only what the current method adds to an old results folder (same traces, SLOs and grid).
 
 Outputs in --out: results.json (machine, SLOs, calibration, every run's summary, goodput and ratios), raw.json
 (per-request times), attainment.png (attainment vs rate), cdf.png (TTFT and TPOT CDFs at a rate all sustain), and a
@@ -53,7 +56,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench_common import host_info  # noqa: E402
 from bench_serving_calibration import calibrate, mean_service_s, warm_up  # noqa: E402
 from bench_serving_client import Hints, replay  # noqa: E402
-from bench_serving_metrics import Slos, goodput, slos_from, summarize  # noqa: E402
+from bench_serving_metrics import Slos, goodput, slos_from, summarize, tpot_p99_comparisons  # noqa: E402
+from bench_serving_plan import SweepPlan, next_rate, sustained_rate  # noqa: E402
 from bench_serving_report import print_table, write_outputs  # noqa: E402
 from bench_serving_trace import TraceShape, ensure_videos, make_trace, mean_service_weights, request_classes  # noqa: E402
 
@@ -107,8 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "quick 0.3,0.6,1.2)")
     ap.add_argument("--duration", type=float, default=None, help="trace length per rate in s (default 60; quick 10)")
     ap.add_argument("--min-requests", type=int, default=None, help="per rate (default 24; quick 6)")
-    ap.add_argument("--bisect", type=int, default=None, help="extra rates between the last pass and the first fail "
-                    "(default 1; quick 0)")
+    ap.add_argument("--bisect-resolution", type=float, default=None, help="bisect until first fail - last pass <= "
+                    "this x last pass (default 0.25; quick 0 = no bisection)")
     ap.add_argument("--video-fraction", type=float, default=0.4)
     ap.add_argument("--text-tokens", default="32,96", help="min,max output tokens of text requests")
     ap.add_argument("--video-tokens", default="16,64", help="min,max output tokens of video requests")
@@ -121,11 +125,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--request-timeout", type=float, default=600.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--replot", type=Path, help="only redraw table and plots from DIR/results.json + raw.json")
+    ap.add_argument("--extend", type=Path, help="add to DIR/results.json + raw.json the runs the current method adds "
+                    "(finer bisection, sustained-rate comparisons), with the folder's own trace settings and SLOs")
     args = ap.parse_args(argv)
     q = args.quick
     args.duration = args.duration or (10.0 if q else 60.0)
     args.min_requests = args.min_requests or (6 if q else 24)
-    args.bisect = (0 if q else 1) if args.bisect is None else args.bisect
+    if args.bisect_resolution is None:
+        args.bisect_resolution = 0.0 if q else 0.25
     args.calib_reps = args.calib_reps or (1 if q else 3)
     args.long_video = (not q) if args.long_video is None else args.long_video
     args.rate_multipliers = [float(x) for x in (args.rate_multipliers or ("0.3,0.6,1.2" if q else
@@ -173,16 +180,40 @@ def calibrate_system(system: System, args, classes, videos, model: Path) -> dict
                          tokens=args.calib_tokens)
 
 
-def sweep_system(system: System, args, classes, videos, shape, model: Path, grid: list[float], slos: Slos) -> dict:
+def sweep_system(system: System, args, classes, videos, shape, model: Path, plan: SweepPlan, slos: Slos,
+                 entry: dict) -> None:
+    """Runs, into ``entry["runs"]`` / ``entry["raw"]``, every rate ``plan`` asks for that the entry lacks."""
+    done = {run["rate"]: run for run in entry.get("runs", [])}
+    raw = dict(entry.get("raw", {}))
+
+    def todo() -> float | None:
+        return next_rate(plan, {rate: run["attainment"] for rate, run in done.items()})
+
     print(f"\n=== {system.name} (load): {system.description}", flush=True)
+    if todo() is None:
+        print("  every planned rate already ran", flush=True)
+        return
     started = time.perf_counter()
     # Every system gets the same SLOs as hints (ttft_slo_ms per class, tpot_slo_ms) and is judged by them.
     hints = {name: Hints(ms, slos.tpot_ms) for name, ms in slos.ttft_ms.items()}
     with _serve(system, _env(system, args, model), args.out, args.url) as url:
         print(f"  ready in {time.perf_counter() - started:.0f} s ({url})", flush=True)
         warm_up(url, classes, videos)
-        runs, raw = sweep(url, grid, args, classes, videos, shape, hints, slos)
-    return {"runs": runs, "raw": raw}
+        while (rate := todo()) is not None:
+            done[rate], raw[str(rate)] = _one_rate(url, rate, args, classes, videos, shape, hints, slos)
+    entry["runs"], entry["raw"] = [done[r] for r in sorted(done)], raw
+
+
+def load_sweeps(systems: list[System], args, classes, videos, shape, model: Path, slos: Slos, results: dict) -> None:
+    """Phase 2. The first system (ours) goes last, so its sweep can include every other system's highest sustained
+    rate: the p99 TPOT comparison needs a rate both sustain, and ours' grid starts above the naive stack's."""
+    first, others = systems[0], systems[1:]
+    for system in [*others, first]:
+        entry = results["systems"][system.name]
+        extra = () if system is not first else tuple(sorted(
+            {r for s in others if (r := sustained_rate(results["systems"][s.name]["runs"])) is not None}))
+        plan = SweepPlan(tuple(entry["grid"]), args.stop_below, 0 if args.quick else 2, args.bisect_resolution, extra)
+        sweep_system(system, args, classes, videos, shape, model, plan, slos, entry)
 
 
 def rate_grid(calibration: dict, args, classes, shape) -> list[float]:
@@ -207,34 +238,9 @@ def _one_rate(url, rate, args, classes, videos, shape, hints, slos) -> tuple[dic
     return summary, [asdict(r) for r in results]
 
 
-def sweep(url, grid, args, classes, videos, shape, hints, slos) -> tuple[list[dict], dict]:
-    runs: dict[float, dict] = {}
-    raw: dict[str, list] = {}
-
-    def run(rate: float) -> float:
-        runs[rate], raw[str(rate)] = _one_rate(url, rate, args, classes, videos, shape, hints, slos)
-        return runs[rate]["attainment"]
-
-    for rate in grid:
-        if run(rate) < args.stop_below:
-            break
-    lowest = min(grid)
-    for _ in range(0 if args.quick else 2):  # a system that fails the lowest rate: find where it does pass
-        if runs[lowest]["attainment"] >= 0.9:
-            break
-        lowest = round(lowest / 2, 4)
-        run(lowest)
-    for _ in range(args.bisect):
-        g = goodput((r, s["attainment"]) for r, s in runs.items())
-        above = [r for r in runs if r > g["rate"]]
-        if not g["rate"] or not above:
-            break
-        run(round((g["rate"] + min(above)) / 2, 4))
-    return [runs[r] for r in sorted(runs)], raw
-
-
 def finish(results: dict, slos: Slos) -> dict:
-    """Goodput per system (its runs were judged by ``slos`` as they ran) and ours vs each other system."""
+    """Goodput per system (its runs were judged by ``slos`` as they ran), ours vs each other system's goodput, and
+    p99 TPOT of ours vs each other system at the highest rate both sustain."""
     results["slos"] = slos.as_dict()
     for entry in results["systems"].values():
         entry["goodput"] = goodput((run["rate"], run["attainment"]) for run in entry["runs"])
@@ -243,43 +249,76 @@ def finish(results: dict, slos: Slos) -> dict:
         ours = results["systems"][names[0]]["goodput"]["interpolated"]
         results["goodput_ratios"] = {f"{names[0]} / {n}": (round(ours / g, 2) if g else None)
                                      for n in names[1:] for g in [results["systems"][n]["goodput"]["interpolated"]]}
+    results["tpot_p99_at_common_sustained_rate"] = tpot_p99_comparisons(
+        {n: e["runs"] for n, e in results["systems"].items()})
     return results
+
+
+# What makes a results folder's traces and judging what they are: --extend takes these from the folder.
+_STORED_ARGS = {"seed": int, "duration": float, "min_requests": int, "video_fraction": float, "text_tokens": str,
+                "video_tokens": str, "long_video": lambda v: v == "True", "quick": lambda v: v == "True",
+                "stop_below": float, "request_timeout": float, "video_dir": Path, "model": Path}
+
+
+def _load(folder: Path) -> dict:
+    results = json.loads((folder / "results.json").read_text())
+    raw = json.loads((folder / "raw.json").read_text())
+    for name, entry in results["systems"].items():
+        entry["raw"] = raw[name]
+    return results
+
+
+def _extend_settings(args: argparse.Namespace, results: dict) -> None:
+    stored = dict(results["args"], model=results["model"])
+    for key, convert in _STORED_ARGS.items():
+        setattr(args, key, convert(stored[key]))
+    args.out = args.extend
+    backup = args.extend / "results.before-extend.json"
+    if not backup.exists():
+        backup.write_text((args.extend / "results.json").read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.replot:
-        results = json.loads((args.replot / "results.json").read_text())
-        raw = json.loads((args.replot / "raw.json").read_text())
-        for name, entry in results["systems"].items():
-            entry["raw"] = raw[name]
+        results = _load(args.replot)
         print_table(results)
         write_outputs(results, args.replot)
         return 0
-    systems = ([System("external", Path(), {}, f"the server at {args.url}")] if args.url
-               else [SYSTEMS[name] for name in args.systems.split(",")])
+    prior = _load(args.extend) if args.extend else None
+    if prior:
+        _extend_settings(args, prior)
+    names = list(prior["systems"]) if prior else ["external"] if args.url else args.systems.split(",")
+    systems = [System("external", Path(), {}, f"the server at {args.url}") if n == "external" else SYSTEMS[n]
+               for n in names]
     classes = request_classes(args.long_video)
     ensure_videos(args.video_dir, classes)
     videos = {c.video: (args.video_dir / c.video).read_bytes() for c in classes if c.video}
     shape = TraceShape(args.video_fraction, _pair(args.text_tokens), _pair(args.video_tokens))
-    model = model_path(args)
+    model = args.model.resolve() if prior else model_path(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    grid = None if args.rates == "auto" else [float(x) for x in args.rates.split(",")]
-    results = {"machine": host_info(), "model": str(model), "args": {k: str(v) for k, v in vars(args).items()},
-               "classes": [asdict(c) for c in classes], "systems": {}}
     started = time.perf_counter()
-    # Phase 1: every system's unloaded latencies -> one set of SLOs for all. Phase 2: the load sweeps.
-    calibrations = {s.name: calibrate_system(s, args, classes, videos, model) for s in systems}
-    slos = slos_from(calibrations.values(), args.ttft_slo_scale, args.tpot_slo_scale)
-    print(f"\nSLOs for every system: TPOT {slos.tpot_ms:.2f} ms; TTFT "
-          + ", ".join(f"{k} {v:.0f} ms" for k, v in slos.ttft_ms.items()), flush=True)
-    grid = grid or rate_grid(calibrations[systems[0].name], args, classes, shape)
-    for system in systems:
-        results["systems"][system.name] = {
-            "system": asdict(system) | {"repository": str(system.repository)},
-            "calibration": calibrations[system.name], "grid": grid,
-            **sweep_system(system, args, classes, videos, shape, model, grid, slos)}
-    results["wall_s"] = round(time.perf_counter() - started, 1)
+    if prior:
+        results = prior
+        slos = Slos(prior["slos"]["ttft_ms"], prior["slos"]["tpot_ms"])
+        results.setdefault("extended", []).append({"date": time.strftime("%Y-%m-%d %H:%M"),
+                                                   "bisect_resolution": args.bisect_resolution})
+    else:
+        results = {"machine": host_info(), "model": str(model), "args": {k: str(v) for k, v in vars(args).items()},
+                   "classes": [asdict(c) for c in classes], "systems": {}}
+        # Phase 1: every system's unloaded latencies -> one set of SLOs for all. Phase 2: the load sweeps.
+        calibrations = {s.name: calibrate_system(s, args, classes, videos, model) for s in systems}
+        slos = slos_from(calibrations.values(), args.ttft_slo_scale, args.tpot_slo_scale)
+        print(f"\nSLOs for every system: TPOT {slos.tpot_ms:.2f} ms; TTFT "
+              + ", ".join(f"{k} {v:.0f} ms" for k, v in slos.ttft_ms.items()), flush=True)
+        grid = ([float(x) for x in args.rates.split(",")] if args.rates != "auto"
+                else rate_grid(calibrations[systems[0].name], args, classes, shape))
+        for system in systems:
+            results["systems"][system.name] = {
+                "system": asdict(system) | {"repository": str(system.repository)},
+                "calibration": calibrations[system.name], "grid": grid, "runs": [], "raw": {}}
+    load_sweeps(systems, args, classes, videos, shape, model, slos, results)
+    results["wall_s"] = round(time.perf_counter() - started + (prior or {}).get("wall_s", 0.0), 1)
     finish(results, slos)
     print_table(results)
     write_outputs(results, args.out)

@@ -96,3 +96,26 @@ def at_common_rate(runs: dict[str, list[dict]]) -> float | None:
     sustained = [r for r in common if all(run["attainment"] >= ATTAINMENT_TARGET
                                           for rs in runs.values() for run in rs if run["rate"] == r)]
     return max(sustained) if sustained else min(common)
+
+
+def common_sustained_rate(a: list[dict], b: list[dict]) -> float | None:
+    """The highest rate both systems ran and met the attainment target at: where the issue's "at a rate both
+    sustain" p99 TPOT comparison is made (None: no such rate)."""
+    passed = [{run["rate"] for run in runs if run["attainment"] >= ATTAINMENT_TARGET} for runs in (a, b)]
+    both = passed[0] & passed[1]
+    return max(both) if both else None
+
+
+def tpot_p99_comparisons(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """The first system vs each other one: p99 TPOT of both at their common sustained rate, and the ratio."""
+    names = list(runs)
+    out = {}
+    for other in names[1:]:
+        rate = common_sustained_rate(runs[names[0]], runs[other])
+        if rate is None:
+            out[f"{names[0]} / {other}"] = None
+            continue
+        p99 = [next(run["tpot_ms"]["p99"] for run in runs[n] if run["rate"] == rate) for n in (names[0], other)]
+        ratio = round(p99[0] / p99[1], 3) if p99[0] is not None and p99[1] else None
+        out[f"{names[0]} / {other}"] = {"rate": rate, "p99_tpot_ms": p99, "ratio": ratio}
+    return out

@@ -42,6 +42,9 @@ def print_table(results: dict) -> None:
         ratios = ", ".join(f"{first}/{n} {tpot[first] / v:.2f}x" for n, v in tpot.items() if n != first and v)
         print(f"p99 TPOT at {common} req/s (a rate all ran): " + ", ".join(f"{n} {v} ms" for n, v in tpot.items())
               + (f" ({ratios})" if ratios else ""))
+    for pair, cmp in results.get("tpot_p99_at_common_sustained_rate", {}).items():
+        print(f"p99 TPOT {pair} at the highest rate both sustain: " + ("none" if cmp is None else
+              f"{cmp['rate']} req/s, {cmp['p99_tpot_ms'][0]} vs {cmp['p99_tpot_ms'][1]} ms = {_fmt(cmp['ratio'], 2)}x"))
     print(f"machine: {results['machine']}; wall {results.get('wall_s')} s")
 
 

@@ -8,7 +8,8 @@ import json
 import bench_serving  # scripts/ is on sys.path (conftest)
 import pytest
 from bench_serving_client import RequestResult
-from bench_serving_metrics import Slos, goodput, slos_from, summarize
+from bench_serving_metrics import Slos, common_sustained_rate, goodput, slos_from, summarize, tpot_p99_comparisons
+from bench_serving_plan import SweepPlan, next_rate, sustained_rate
 from bench_serving_trace import TEXT, TraceShape, make_trace, request_classes
 
 
@@ -47,6 +48,54 @@ def test_goodput_is_the_highest_rate_with_every_lower_rate_passing():
     assert goodput([])["rate"] == 0.0
 
 
+def _sweep(plan: SweepPlan, attainment_at) -> list[float]:
+    """The rates a sweep runs, in order, against a system whose attainment at a rate is attainment_at(rate)."""
+    done: dict[float, float] = {}
+    while (rate := next_rate(plan, done)) is not None:
+        assert rate not in done and len(done) < 30
+        done[rate] = attainment_at(rate)
+    return list(done)
+
+
+def test_sweep_stops_below_half_probes_lower_and_bisects_to_the_resolution():
+    grid = (1.0, 2.0, 4.0, 8.0)
+    # Passes up to 2.6: the grid stops after 4 (below half), bisection 3 -> 2.5 -> (2.5, 3] is within 25 %.
+    assert _sweep(SweepPlan(grid), lambda r: 1.0 if r <= 2.6 else 0.3) == [1.0, 2.0, 4.0, 3.0, 2.5]
+    # Without bisection the grid alone; a system failing the lowest rate is tried at 1/2 and 1/4 of it.
+    assert _sweep(SweepPlan(grid, bisect_resolution=0), lambda r: 1.0 if r <= 2.6 else 0.3) == [1.0, 2.0, 4.0]
+    assert _sweep(SweepPlan(grid, bisect_resolution=0), lambda r: 1.0 if r < 0.3 else 0.2) == [1.0, 0.5, 0.25]
+    # Attainment between stop_below and the target keeps the sweep going; extra rates run at the end, once.
+    rates = _sweep(SweepPlan(grid, bisect_resolution=0, extra=(0.1, 2.0)), lambda r: 0.7)
+    assert rates == [1.0, 2.0, 4.0, 8.0, 0.5, 0.25, 0.1]
+
+
+def test_an_extended_sweep_runs_only_what_the_finer_plan_adds():
+    coarse = SweepPlan((1.0, 2.0, 4.0), bisect_resolution=0.6)
+    done: dict[float, float] = {}
+    while (rate := next_rate(coarse, done)) is not None:
+        done[rate] = 1.0 if rate <= 1.3 else 0.2
+    assert list(done) == [1.0, 2.0, 1.5]
+    fine = SweepPlan((1.0, 2.0, 4.0), bisect_resolution=0.25, extra=(0.5,))
+    assert next_rate(fine, done) == 1.25
+    done[1.25] = 1.0
+    assert next_rate(fine, done) == 0.5  # (1.25, 1.5] is within 25 %: the extra rate, then done
+    done[0.5] = 1.0
+    assert next_rate(fine, done) is None
+
+
+def test_tpot_is_compared_at_the_highest_rate_both_sustain():
+    def run(rate, att, p99):
+        return {"rate": rate, "attainment": att, "tpot_ms": {"p99": p99}}
+
+    ours = [run(0.1, 1.0, 10.0), run(0.2, 0.95, 12.0), run(0.4, 0.9, 15.0), run(0.8, 0.4, 40.0)]
+    naive = [run(0.1, 0.92, 30.0), run(0.2, 0.95, 20.0), run(0.4, 0.6, 60.0)]
+    assert common_sustained_rate(ours, naive) == 0.2 and sustained_rate(ours) == 0.4 and sustained_rate(naive) == 0.2
+    assert tpot_p99_comparisons({"ours": ours, "naive": naive}) == {
+        "ours / naive": {"rate": 0.2, "p99_tpot_ms": [12.0, 20.0], "ratio": 0.6}}
+    assert tpot_p99_comparisons({"ours": ours, "x": [run(0.1, 0.5, 9.0)]}) == {"ours / x": None}
+    assert sustained_rate([run(0.1, 0.5, 9.0)]) is None
+
+
 def test_summary_counts_errors_as_misses():
     slos = Slos({"text": 200.0}, tpot_ms=20.0)
     summary = summarize([_result(), _result(error="boom"), _result(ttft_s=0.5)], slos, rate=1.0)
@@ -72,7 +121,7 @@ def test_bench_serving_runs_against_a_live_server(mllm_server, sample_video_dir,
     argv = ["--url", mllm_server.grpc_url, "--model", tiny_model_path, "--video-dir", str(sample_video_dir),
             "--no-long-video", "--rates", "3", "--duration", "2", "--min-requests", "5", "--calib-reps", "1",
             "--typical-batch", "2", "--calib-tokens", "6", "--text-tokens", "4,8", "--video-tokens", "4,8",
-            "--bisect", "0", "--out", str(tmp_path)]
+            "--bisect-resolution", "0", "--out", str(tmp_path)]
     assert bench_serving.main(argv) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     entry = results["systems"]["external"]
@@ -84,3 +133,9 @@ def test_bench_serving_runs_against_a_live_server(mllm_server, sample_video_dir,
     raw = json.loads((tmp_path / "raw.json").read_text())["external"]["3.0"]
     assert all(r["num_output_tokens"] >= 4 and r["end_s"] > r["arrival_s"] for r in raw)
     assert (tmp_path / "attainment.png").stat().st_size > 0 and (tmp_path / "cdf.png").stat().st_size > 0
+    # --extend with the same method: nothing new to run, every run kept, the extension recorded.
+    assert bench_serving.main(["--url", mllm_server.grpc_url, "--bisect-resolution", "0", "--extend",
+                               str(tmp_path)]) == 0
+    extended = json.loads((tmp_path / "results.json").read_text())
+    assert extended["systems"]["external"]["runs"] == runs and len(extended["extended"]) == 1
+    assert (tmp_path / "results.before-extend.json").exists()
