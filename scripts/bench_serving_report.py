@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_serving_client import RequestResult
+from bench_serving_markdown import runs_table
 from bench_serving_metrics import ATTAINMENT_TARGET, Slos, at_common_rate
 
 
@@ -56,6 +57,7 @@ def write_outputs(results: dict, out: Path) -> None:
     slim["common_rate"] = common
     (out / "results.json").write_text(json.dumps(slim, indent=1))
     (out / "raw.json").write_text(json.dumps(raw))
+    (out / "runs.md").write_text(runs_table(results) + "\n")
     try:
         import matplotlib
 
@@ -67,7 +69,7 @@ def write_outputs(results: dict, out: Path) -> None:
     _plot_attainment(plt, results, out / "attainment.png")
     if common is not None:
         _plot_cdfs(plt, results, common, out / "cdf.png")
-    print(f"results in {out}/: results.json raw.json attainment.png cdf.png")
+    print(f"results in {out}/: results.json raw.json runs.md attainment.png cdf.png")
 
 
 def _plot_attainment(plt, results: dict, path: Path) -> None:

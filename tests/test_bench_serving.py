@@ -139,3 +139,29 @@ def test_bench_serving_runs_against_a_live_server(mllm_server, sample_video_dir,
     extended = json.loads((tmp_path / "results.json").read_text())
     assert extended["systems"]["external"]["runs"] == runs and len(extended["extended"]) == 1
     assert (tmp_path / "results.before-extend.json").exists()
+
+
+def test_the_cross_run_summary_reads_every_folder(tmp_path):
+    import bench_serving_markdown
+
+    def run(rate, att, p99):
+        return {"rate": rate, "attainment": att, "num_requests": 24, "num_errors": 0, "output_tok_per_s": 5.0,
+                "tpot_ms": {"p50": 9.0, "p99": p99}, "ttft_ms": {"p50": 50.0, "p99": 90.0}}
+
+    folders = []
+    for seed, naive_goodput in ((0, 0.2), (1, 0.1)):
+        ours = [run(0.1, 1.0, 12.0), run(0.2, 0.95, 15.0), run(0.6, 0.9, 16.0), run(0.9, 0.3, 30.0)]
+        naive = [run(0.1, 0.95, 30.0), run(0.2, 0.92 if seed == 0 else 0.5, 40.0)]
+        results = {"args": {"seed": str(seed)}, "systems": {
+            "ours": {"runs": ours, "goodput": {"interpolated": 0.6}},
+            "naive": {"runs": naive, "goodput": {"interpolated": naive_goodput}}}}
+        folder = tmp_path / f"s{seed}"
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps(results))
+        folders.append(folder)
+    table = bench_serving_markdown.summary_table(folders)
+    assert "| naive | 0.200 / 0.100 | 3.00x / 6.00x | **4.50x** |" in table
+    assert "0.2 req/s: 15.0 vs 40.0 ms (0.38x) / 0.1 req/s: 12.0 vs 30.0 ms (0.40x) | **0.39x** |" in table
+    assert "| ours | 0 of 96 | 0 of 96 |" in table
+    runs = bench_serving_markdown.runs_table(json.loads((folders[0] / "results.json").read_text()))
+    assert "| naive | 0.2 | 24 | 0 | 92.0% | 50.0 / 90.0 | 9.0 / 40.0 | 5.0 |" in runs
