@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_videos(args.video_dir, classes)
     videos = {c.video: (args.video_dir / c.video).read_bytes() for c in classes if c.video}
     shape = TraceShape(args.video_fraction, _pair(args.text_tokens), _pair(args.video_tokens))
-    model = args.model.resolve() if prior else model_path(args)
+    model = model_path(args)  # --extend set args.model to the folder's model
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if prior:

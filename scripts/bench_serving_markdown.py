@@ -53,7 +53,7 @@ def summary_table(folders: list[Path]) -> str:
         ratios = [o / g if g else None for o, g in zip(ours, goodputs, strict=True)]
         known = [x for x in ratios if x is not None]
         median = f"**{statistics.median(known):.2f}x**" if name != first and known else "—"
-        lines.append(f"| {name} | " + " / ".join(_ms(g) if g is None else f"{g:.3f}" for g in goodputs) + " | "
+        lines.append(f"| {name} | " + " / ".join("-" if g is None else f"{g:.3f}" for g in goodputs) + " | "
                      + ("—" if name == first else " / ".join("-" if x is None else f"{x:.2f}x" for x in ratios))
                      + f" | {median} |")
     lines += ["", f"| | p99 TPOT at the highest rate both sustain: {head} | median ratio |", "|---|---|---:|"]
