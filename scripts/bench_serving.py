@@ -86,6 +86,9 @@ SYSTEMS = {s.name: s for s in (
     # Ablation, not in the default run: every forward on cpu_threads (no burst threads for encoder / prefill).
     System("ours-noburst", REPO / "model_repository", {"MLLM_ENGINE_CPU_BURST_THREADS": "0"},
            "FlashCodec + UnifiedServe without CPU burst threads"),
+    # Ablation: waiting work always fills each step up to the TPOT target (no pacing to the TTFT deadlines).
+    System("ours-nopace", REPO / "model_repository", {"MLLM_ENGINE_TTFT_PACE_FRACTION": "0"},
+           "FlashCodec + UnifiedServe, steps always filled to the TPOT target"),
     System("naive", REPO / "baselines" / "model_repository_naive", {},
            "stock Triton: full decode -> vision encoder (dynamic_batching) -> HF generate() per batch"),
 )}
@@ -124,6 +127,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--stop-below", type=float, default=0.5, help="stop a sweep below this attainment")
     ap.add_argument("--request-timeout", type=float, default=600.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--slos-from", type=Path, help="hint and judge by the SLOs of DIR/results.json instead of this "
+                    "run's calibration (an engine change A/B against an earlier run, same SLOs)")
     ap.add_argument("--replot", type=Path, help="only redraw table and plots from DIR/results.json + raw.json")
     ap.add_argument("--extend", type=Path, help="add to DIR/results.json + raw.json the runs the current method adds "
                     "(finer bisection, sustained-rate comparisons), with the folder's own trace settings and SLOs")
@@ -268,6 +273,11 @@ def _load(folder: Path) -> dict:
     return results
 
 
+def _load_slos(folder: Path) -> Slos:
+    stored = json.loads((folder / "results.json").read_text())["slos"]
+    return Slos(stored["ttft_ms"], stored["tpot_ms"])
+
+
 def _extend_settings(args: argparse.Namespace, results: dict) -> None:
     stored = dict(results["args"], model=results["model"])
     for key, convert in _STORED_ARGS.items():
@@ -300,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if prior:
         results = prior
-        slos = Slos(prior["slos"]["ttft_ms"], prior["slos"]["tpot_ms"])
+        slos = _load_slos(args.extend)
         results.setdefault("extended", []).append({"date": time.strftime("%Y-%m-%d %H:%M"),
                                                    "bisect_resolution": args.bisect_resolution})
     else:
@@ -308,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                    "classes": [asdict(c) for c in classes], "systems": {}}
         # Phase 1: every system's unloaded latencies -> one set of SLOs for all. Phase 2: the load sweeps.
         calibrations = {s.name: calibrate_system(s, args, classes, videos, model) for s in systems}
-        slos = slos_from(calibrations.values(), args.ttft_slo_scale, args.tpot_slo_scale)
+        slos = (_load_slos(args.slos_from) if args.slos_from
+                else slos_from(calibrations.values(), args.ttft_slo_scale, args.tpot_slo_scale))
         print(f"\nSLOs for every system: TPOT {slos.tpot_ms:.2f} ms; TTFT "
               + ", ".join(f"{k} {v:.0f} ms" for k, v in slos.ttft_ms.items()), flush=True)
         grid = ([float(x) for x in args.rates.split(",")] if args.rates != "auto"

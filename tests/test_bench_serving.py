@@ -139,6 +139,10 @@ def test_bench_serving_runs_against_a_live_server(mllm_server, sample_video_dir,
     extended = json.loads((tmp_path / "results.json").read_text())
     assert extended["systems"]["external"]["runs"] == runs and len(extended["extended"]) == 1
     assert (tmp_path / "results.before-extend.json").exists()
+    # --slos-from: another run hinted and judged by this folder's SLOs instead of its own calibration's.
+    again = tmp_path / "again"
+    assert bench_serving.main(argv[:-1] + [str(again), "--slos-from", str(tmp_path)]) == 0
+    assert json.loads((again / "results.json").read_text())["slos"] == results["slos"]
 
 
 def test_the_cross_run_summary_reads_every_folder(tmp_path):

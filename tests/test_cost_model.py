@@ -7,7 +7,7 @@ import random
 from types import SimpleNamespace
 
 from unifiedserve.config import EngineConfig
-from unifiedserve.cost_model import OnlineLinearFit, StepCostModel, StepStats, step_budgets, step_target_s
+from unifiedserve.cost_model import OnlineLinearFit, StepCostModel, StepStats, paced_share, step_budgets, step_target_s
 
 
 def test_fit_recovers_known_costs_from_noisy_samples():
@@ -27,9 +27,10 @@ def test_coefficients_never_go_negative():
 
 
 def _decoders(n: int, context: int, tpot_slo_ms: float | None = None, outputs: int = 1,
-              first_token_time: float | None = None):
+              first_token_time: float | None = None, max_tokens: int = 10**6):
     return [SimpleNamespace(num_tokens=context, tpot_slo_ms=tpot_slo_ms, num_output_tokens=outputs,
-                            first_token_time=first_token_time) for _ in range(n)]
+                            first_token_time=first_token_time, sampling_params=SimpleNamespace(max_tokens=max_tokens),
+                            max_total_tokens=0) for _ in range(n)]
 
 
 def _cost(intercept=0.010, decode=1e-4, prefill=1e-4, attention=0.0, encoder=1e-3, burst: float | None = None
@@ -130,3 +131,62 @@ def test_a_feature_never_seen_keeps_its_prior_price():
     for n in range(1, 40):
         fit.add([1.0, float(n % 8 + 1), 0.0], 2e-3 + 3e-4 * (n % 8 + 1))
     assert abs(fit.w[2] - 5e-4) < 1e-12 and abs(fit.w[1] - 3e-4) < 1e-9
+
+
+def _prompt(tokens: int, ttft_slo_ms: float | None, arrival: float = 0.0, first_token_time: float | None = None):
+    return SimpleNamespace(videos=[], num_tokens=tokens, num_computed_tokens=0, ttft_slo_ms=ttft_slo_ms,
+                           arrival_time=arrival, first_token_time=first_token_time, tpot_slo_ms=None)
+
+
+def test_waiting_work_is_paced_to_a_fraction_of_its_ttft_slo_not_to_the_tpot_target():
+    cost = _cost()  # 10 ms per forward, 0.1 ms per decode row / prefill token
+    cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=1.0, ttft_pace_fraction=0.5)
+    decoders = _decoders(4, 100)  # streams that go on for long: no full-speed time before any deadline
+    fixed = 0.0104
+
+    def share(candidates, now=0.0, streams=decoders):
+        return paced_share(cost, streams, candidates, now, 0.5, fixed)
+
+    # 100 prompt tokens (10 ms of work) due by 0.5 x 1 s: 2 % of every step is enough.
+    one = [_prompt(100, 1000.0)]
+    assert abs(share(one) - 0.02) < 1e-12
+    b = step_budgets(cfg, cost, decoders, one, now=0.0)
+    assert abs(b.target_s - fixed / 0.98) < 1e-12 and abs(b.time_s - (fixed / 0.98 - fixed)) < 1e-12
+    assert not b.allow_forced and b.risk_boost_s == 0.0  # paced: no unit beyond the paced headroom
+    # Two prompts due at once need twice the pace; one due later does not lower the pace of an earlier one.
+    assert abs(share(one + [_prompt(100, 1000.0)]) - 0.04) < 1e-12
+    assert abs(share(one + [_prompt(100, 9000.0)]) - 0.02) < 1e-12
+    # Time passing raises the pace of the same remaining work.
+    assert abs(share(one, now=0.25) - 0.04) < 1e-12
+    # The whole TPOT target (today's behaviour) when the work cannot be paced: past its paced deadline, no TTFT
+    # SLO, a preempted stream recomputing, pacing off, or the pace needs more than the target gives.
+    for candidates, now, fraction in (
+        (one, 0.6, 0.5),
+        ([_prompt(100, None)], 0.0, 0.5),
+        ([_prompt(100, 1000.0, first_token_time=0.1)], 0.0, 0.5),
+        (one, 0.0, 0.0),
+        ([_prompt(4500, 1000.0)], 0.0, 0.5),
+    ):
+        cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=1.0, ttft_pace_fraction=fraction)
+        assert step_budgets(cfg, cost, decoders, candidates, now).target_s == 0.05
+    # No stream decodes: nothing to protect, the idle cap applies as before.
+    cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=1.0)
+    assert step_budgets(cfg, cost, [], one, now=0.0).target_s == 0.1
+
+
+def test_work_that_fits_after_the_streams_end_waits_for_them():
+    cost = _cost()
+    cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=1.0, ttft_pace_fraction=0.5)
+    fixed = 0.0104
+    short = _decoders(2, 100, outputs=5, max_tokens=15)  # 10 more steps: done by ~0.104 s
+    # 100 ms of work due at 0.5 s fits in the 0.396 s after the streams: decode-only steps (2 rows: 10.2 ms),
+    # no forced unit.
+    video = [_prompt(1000, 1000.0)]
+    assert paced_share(cost, short, video, 0.0, 0.5, fixed) == 0.0
+    b = step_budgets(cfg, cost, short, video, now=0.0)
+    assert abs(b.target_s - 0.0102) < 1e-12 and b.time_s == 0.0 and not b.allow_forced and b.risk_boost_s == 0.0
+    # 420 ms does not fit after them (0.104 + 0.42 > 0.5): the streams outlast the deadline at any pace that
+    # makes it, so every step carries work / time left.
+    assert abs(paced_share(cost, short, [_prompt(4200, 1000.0)], 0.0, 0.5, fixed) - 0.42 / 0.5) < 1e-12
+    # Work that cannot make its paced deadline gets the whole headroom.
+    assert paced_share(cost, short, [_prompt(5000, 1000.0)], 0.0, 0.5, fixed) == 1.0

@@ -26,9 +26,17 @@ def _text_request(rid: str, n: int, max_tokens: int = 10, priority: int = 0, arr
     return req
 
 
-def _scheduler(**kw) -> Scheduler:
+def _scheduler(cost: StepCostModel | None = None, **kw) -> Scheduler:
     cfg = EngineConfig(model_path="unused", **kw)
-    return Scheduler(cfg, BlockManager(cfg.num_kv_blocks, cfg.block_size))
+    return Scheduler(cfg, BlockManager(cfg.num_kv_blocks, cfg.block_size), cost)
+
+
+def _free_forwards() -> StepCostModel:
+    """A cost model whose forwards cost nothing fixed: every prefill chunk is worth a forward of its own (the
+    scenarios that need prefill to trail the encoder frontier step by step)."""
+    cost = StepCostModel()
+    cost.llm.w[0] = 0.0
+    return cost
 
 
 def _step(s: Scheduler, token: int = 1) -> SchedulerOutput:
@@ -174,7 +182,8 @@ def test_stalled_prefills_do_not_deadlock() -> None:
     # "low" prefills as its video gets encoded (one group per step); "high" (more urgent) arrives and
     # takes the rest of a tiny pool. Then neither can finish its prompt and neither decodes: the more
     # urgent one must take the blocks of the less urgent one (preemption) instead of both waiting forever.
-    s = _scheduler(max_num_batched_tokens=64, encoder_budget_tokens=4, num_kv_blocks=6, block_size=4)
+    s = _scheduler(_free_forwards(), max_num_batched_tokens=64, encoder_budget_tokens=4, num_kv_blocks=6,
+                   block_size=4)
     low = _video_request("low", text_before=2, groups=4, tpg_side=4, text_after=1, priority=5, arrival_time=0.0)
     s.add(low)
     _step(s)  # low: group 0 encoded, tokens [0, 6)
@@ -211,7 +220,7 @@ def test_unified_encoder_one_group_minimum_and_blocking_whole_video() -> None:
     def video_request(rid: str) -> Request:
         return _video_request(rid, text_before=2, groups=4, tpg_side=4, text_after=1)
 
-    s = _scheduler(encoder_budget_tokens=2, num_kv_blocks=100)  # budget below one group (4 tokens)
+    s = _scheduler(_free_forwards(), encoder_budget_tokens=2, num_kv_blocks=100)  # budget < one group (4 tokens)
     req = video_request("u")
     s.add(req)
     out = _step(s)
@@ -224,3 +233,29 @@ def test_unified_encoder_one_group_minimum_and_blocking_whole_video() -> None:
     out = _step(s)
     assert [(w.group_start, w.group_end) for w in out.encoder_work] == [(0, 4)]
     assert [(c.start, c.end) for c in out.chunks] == [(0, 19)] and req.num_output_tokens == 1  # sampled
+
+
+def test_lone_video_prefill_waits_for_the_encoder_instead_of_paying_a_forward_per_sliver() -> None:
+    # Default prices: a forward's fixed part (6 ms) buys 24 prefill tokens. A lone video encoded one group per
+    # step would otherwise get a 4-token chunk (plus a forward) per step; the chunks wait for the encoder and
+    # the prompt goes through in one forward once the last group is encoded.
+    s = _scheduler(encoder_budget_tokens=4, num_kv_blocks=100)
+    req = _video_request("v", text_before=2, groups=4, tpg_side=4, text_after=1)
+    s.add(req)
+    forwards = 0
+    for _ in range(4):
+        out = _step(s)
+        assert out.encoder_work, "the encoder moves every step"
+        forwards += bool(out.chunks)
+    assert req.num_output_tokens == 1 and forwards == 1 and req.num_preemptions == 0
+
+    # A step that already runs a forward (a stream decodes) takes the trailing chunk along: it costs only its
+    # tokens there.
+    s = _scheduler(encoder_budget_tokens=4, num_kv_blocks=100)
+    stream = _text_request("t", 3, max_tokens=50)
+    s.add(stream)
+    _step(s)
+    video = _video_request("v", text_before=2, groups=4, tpg_side=4, text_after=1)
+    s.add(video)
+    out = _step(s)
+    assert [(c.request.request_id, c.start, c.end) for c in out.chunks] == [("t", 3, 4), ("v", 0, 6)]

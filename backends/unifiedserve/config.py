@@ -27,6 +27,10 @@ class EngineConfig:
     policy: str = "unified"
     tpot_slo_ms: float = 0.0  # default TPOT target for requests without one (0: none; budgets = maxima)
     tpot_headroom: float = 0.9  # plan steps to this fraction of the TPOT target (noise margin)
+    # unified, streams decoding: prefill/encoder work gets only the share of each step it needs to finish every
+    # request's first-token work by this fraction of its TTFT SLO (0: always fill the TPOT target). Filling it
+    # at low load made streams overlapping a video encode run at the TPOT SLO instead of their unloaded speed.
+    ttft_pace_fraction: float = 0.5
     min_prefill_chunk: int = 16  # forced progress: prefill tokens of the most urgent request in a step with no headroom
     max_idle_step_ms: float = 0.0  # unified, no stream decoding: step time cap (0: 2 x the TPOT target; none without)
     overlap_encoder: bool = True  # on CUDA: encoder slices on a low-priority stream beside the LLM step
@@ -56,6 +60,8 @@ class EngineConfig:
         for name in ("cpu_threads", "cpu_burst_threads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.ttft_pace_fraction <= 1.0:
+            raise ValueError(f"ttft_pace_fraction must be in [0, 1], got {self.ttft_pace_fraction}")
         for name in ("max_num_seqs", "max_num_batched_tokens", "encoder_budget_tokens", "block_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -13,6 +13,12 @@ the tightest SLO x `tpot_headroom`, and a stream whose mean TPOT so far has used
 earlier step, a preemption) gets decode-only steps until it is back under its SLO. Decodes are planned
 first; what is left of the target is the time headroom that prefill chunks and encoder slices share, in
 urgency order (scheduler.py).
+
+The headroom is not spent just because it exists: a longer step is a slower token for every stream. With
+`ttft_pace_fraction` > 0 the target is lowered to the shortest step that still finishes every waiting
+request's first-token work by that fraction of its TTFT SLO (`paced_share`), counting the full-speed time after
+the running streams end (work that fits there waits), so at low load streams decode near their unloaded speed
+and under load the target is the TPOT target as before.
 """
 
 from __future__ import annotations
@@ -123,6 +129,52 @@ class StepCostModel:
         return max(self.encoder.w[1], 1e-9)
 
 
+def min_time_to_first_token(cost: StepCostModel, req) -> float:
+    """Lower bound of the execution time `req` still needs before its first token: its remaining encoder
+    tokens and prefill tokens at the cost model's marginal prices, as if it had the machine to itself."""
+    encoder_tokens = sum((v.num_groups - v.num_encoded_groups) * v.tokens_per_group for v in req.videos)
+    prefill = req.num_tokens - req.num_computed_tokens
+    context = (req.num_computed_tokens + req.num_tokens) // 2
+    return encoder_tokens * cost.encoder_token_s + prefill * cost.prefill_token_s(context)
+
+
+def _stream_left_tokens(req) -> int:
+    """Upper bound of the decode steps a running stream still takes (max_tokens, or the length cap)."""
+    by_max = req.sampling_params.max_tokens - req.num_output_tokens
+    by_len = req.max_total_tokens - req.num_tokens if req.max_total_tokens else by_max
+    return max(0, min(by_max, by_len))
+
+
+def paced_share(cost: StepCostModel, decoders: Sequence, candidates: Sequence, now: float, fraction: float,
+                fixed_s: float) -> float:
+    """The share of each step's time that prefill and encoder work needs while the `decoders` stream, so that
+    every candidate's work before its first token (and the work of every candidate due earlier) is done by its
+    paced deadline, arrival + `fraction` x its TTFT SLO.
+
+    The streams' remaining steps (at most their max_tokens, `fixed_s` each) take the same machine time whatever
+    the pace, so when they and the work due by a deadline fit before it, that work needs no share now: it runs
+    at full speed once the streams are done (a video encode waits for a short answer instead of slowing it).
+    Otherwise the streams outlast the deadline and the work needs work / time-left of every step. 1.0 (the whole
+    headroom) when a candidate has no TTFT SLO, already streamed tokens (a preempted stream recomputing is
+    stalled), or cannot make its paced deadline. Earliest paced deadline first, the work summed: two requests
+    due at once need twice the pace."""
+    due: list[tuple[float, float]] = []
+    for req in candidates:
+        if req.ttft_slo_ms is None or req.first_token_time is not None:
+            return 1.0
+        due.append((req.arrival_time + fraction * req.ttft_slo_ms / 1000.0, min_time_to_first_token(cost, req)))
+    streams_s = max((_stream_left_tokens(r) for r in decoders), default=0) * fixed_s
+    share, work = 0.0, 0.0
+    for deadline, need in sorted(due):
+        work += need
+        left = deadline - now
+        if work >= left:
+            return 1.0
+        if streams_s + work > left:
+            share = max(share, work / left)
+    return share
+
+
 @dataclass(frozen=True)
 class StepBudgets:
     """Limits one step starts with. `tokens` counts decodes too. `time_s` is the headroom left for prefill
@@ -191,16 +243,26 @@ def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Se
     target, boost, per_gap = planned
     decode_attention = sum(r.num_tokens for r in decoders) / 1000.0
     decode_s = cost.llm_s(len(decoders), 0, decode_attention)
+    unpaced, share = target, 1.0
+    if decoders and candidates and config.ttft_pace_fraction > 0:
+        # A step of time T spends T - fixed on prefill/encoder work; that share must reach the pace.
+        fixed_s = decode_s + cost.burst_s
+        share = paced_share(cost, decoders, candidates, now, config.ttft_pace_fraction, fixed_s)
+        target = min(target, fixed_s / (1.0 - share)) if share < 1.0 else target
     # Prefill work makes the forward run on the burst threads (when bursting): the headroom pays for that first.
     headroom = max(0.0, target - decode_s - cost.burst_s)
     tokens = len(decoders) + int(min(headroom / cost.prefill_token_s(0), config.max_num_batched_tokens))
     encoder = headroom / cost.encoder_token_s
-    # A stream behind its TPOT slack catches up with decode-only steps, without the forced unit, when decode
-    # steps alone fit the per-gap target (else it never could, and waiting requests would starve).
-    catching_up = bool(decoders) and target < decode_s < per_gap
+    # No forced unit while the work is paced: a unit larger than the paced headroom (one group through one block
+    # of a 720p video) made every step overrun the TPOT target (measured: p99 TPOT 25 ms, SLO 18.5 ms); the pace
+    # rises as the deadline nears until the headroom holds a unit. Nor while a stream behind its TPOT slack
+    # catches up with decode-only steps, when decode steps alone fit the per-gap target (else it never could,
+    # and waiting requests would starve).
+    no_forced = share < 1.0 or (bool(decoders) and unpaced < decode_s < per_gap)
     # A request that would miss its TTFT deadline at the normal pace may spend part of the slack on any of its
     # work (encoder slices too), at most a quarter of a per-gap target more: a bounded longer gap now, not a late
-    # request (half a target measured 94.9% SLO attainment but a 1.50x p99 gap ratio).
-    risk_boost = min(boost, 0.25 * per_gap) if math.isfinite(per_gap) else 0.0
+    # request (half a target measured 94.9% SLO attainment but a 1.50x p99 gap ratio). Not while the work is
+    # paced: the pace already finishes it by a fraction of its deadline.
+    risk_boost = min(boost, 0.25 * per_gap) if math.isfinite(per_gap) and share >= 1.0 else 0.0
     return StepBudgets(min(tokens, config.max_num_batched_tokens), min(encoder, float(config.encoder_budget_tokens)),
-                       headroom, target, boost, not catching_up, risk_boost)
+                       headroom, target, boost, not no_forced, risk_boost)
