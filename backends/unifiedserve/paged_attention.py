@@ -73,8 +73,10 @@ def paged_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: t
     for i, ctx_slots in enumerate(meta.context_slots):
         qs, qe = meta.query_starts[i], meta.query_starts[i + 1]
         q = query[:, :, qs:qe, :]
-        k = k_pool[ctx_slots].transpose(0, 1).unsqueeze(0)  # [1, kv_heads, ctx, head_dim]
-        v = v_pool[ctx_slots].transpose(0, 1).unsqueeze(0)
+        # index_select, not k_pool[ctx_slots]: the same gather, 5x faster on CPU (29 -> 5 us for 300 slots, one
+        # thread), and a decode step gathers twice per sequence per layer.
+        k = k_pool.index_select(0, ctx_slots).transpose(0, 1).unsqueeze(0)  # [1, kv_heads, ctx, head_dim]
+        v = v_pool.index_select(0, ctx_slots).transpose(0, 1).unsqueeze(0)
         n_q, n_ctx = qe - qs, ctx_slots.numel()
         mask, causal = None, False
         if n_q > 1 and n_q == n_ctx:
