@@ -50,6 +50,7 @@ class EngineConfig:
     kv_cache_memory_bytes: int = 256 * 2**20  # CPU default; on GPU derive from free memory (later)
 
     step_stats_window: int = 4096  # recent StepStats kept on the engine (metrics, benchmarks)
+    trace_path: str = ""  # append a JSON line per arrival and per step here (step_trace.py); "" = off
 
     # Limits on what one request may ask for.
     max_tokens_limit: int = 4096

@@ -28,6 +28,7 @@ from unifiedserve.request import Request, RequestStatus
 from unifiedserve.sampler import Sampler
 from unifiedserve.sampling_params import SamplingParams
 from unifiedserve.scheduler import Scheduler, SchedulerOutput
+from unifiedserve.step_trace import StepTrace
 
 
 class Engine:
@@ -53,6 +54,7 @@ class Engine:
         self.requests: dict[str, Request] = {}
         self._ids = itertools.count()
         self.num_steps = 0
+        self.trace = StepTrace(config.trace_path) if config.trace_path else None
 
     # ---- admission (make_request is thread-safe; add/abort belong to the engine thread) -------
     def make_request(self, request_id: str, gen_input: GenerationInput, params: SamplingParams,
@@ -74,6 +76,8 @@ class Engine:
         req.arrival_time = min(req.arrival_time, time.monotonic())
         self.requests[req.request_id] = req
         self.scheduler.add(req)
+        if self.trace:
+            self.trace.arrival(req)
 
     def abort(self, request_id: str) -> RequestOutput | None:
         req = self.requests.pop(request_id, None)
@@ -114,6 +118,9 @@ class Engine:
         start = time.monotonic()
         logits, encoder_s, llm_s = self.runner.execute(plan)
         self._record(plan, start, encoder_s, llm_s)
+        if self.trace:
+            queue = [r for r in self.scheduler.running if r.first_token_time is None] + self.scheduler.waiting
+            self.trace.step(plan, start, time.monotonic(), encoder_s, llm_s, queue, self.scheduler.urgency)
         return self._postprocess(plan, logits)
 
     def _record(self, plan: SchedulerOutput, start: float, encoder_s: float, llm_s: float) -> None:

@@ -1,0 +1,44 @@
+"""Opt-in JSON-lines trace of what the engine does (EngineConfig.trace_path; env MLLM_ENGINE_TRACE_PATH).
+
+One line per arrival and per step: what the step ran (decodes, prefill chunks, encoder slices), how long the
+encoder and the LLM took, and the queue it left (each waiting or prefilling request with its urgency key, which
+says whether the policy demoted it as late). For reading a served run after the fact: why a request waited.
+Times are time.monotonic() seconds, the clock Request.arrival_time uses.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import IO
+
+from unifiedserve.request import Request
+
+
+class StepTrace:
+    def __init__(self, path: str) -> None:
+        self._file: IO[str] = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives with the engine
+
+    def arrival(self, req: Request) -> None:
+        self._write({"ev": "arrival", "id": req.request_id, "t": req.arrival_time, "prompt": req.num_prompt_tokens,
+                     "videos": len(req.videos), "ttft_slo_ms": req.ttft_slo_ms})
+
+    def step(self, plan, start: float, end: float, encoder_s: float, llm_s: float, queue: list[Request],
+             urgency) -> None:
+        self._write({
+            "ev": "step", "t": start, "dur": round(end - start, 5), "enc_s": round(encoder_s, 5),
+            "llm_s": round(llm_s, 5), "decodes": plan.num_decodes,
+            "prefill": [[c.request.request_id, c.num_tokens] for c in plan.chunks[plan.num_decodes:]],
+            "encoder": [[w.request.request_id, round(w.num_tokens, 1)] for w in plan.encoder_work],
+            "target_s": plan.budgets.target_s if plan.budgets else 0.0,
+            "queue": [[r.request_id, _jsonable(urgency(r))] for r in queue],
+        })
+
+    def close(self) -> None:
+        self._file.close()
+
+    def _write(self, record: dict) -> None:
+        self._file.write(json.dumps(record) + "\n")
+
+
+def _jsonable(key: tuple) -> list:
+    return [x if isinstance(x, (int, float, str, bool)) else str(x) for x in key]

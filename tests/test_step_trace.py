@@ -1,0 +1,31 @@
+"""The opt-in step trace (EngineConfig.trace_path): one JSON line per arrival and per step, enough to tell after a
+served run why a request waited (what each step ran, the queue it left and whether a request was demoted)."""
+
+from __future__ import annotations
+
+import json
+
+from unifiedserve import Engine, EngineConfig, GenerationInput, SamplingParams
+
+
+def test_trace_records_arrivals_steps_and_the_queue(tiny_model_path, tmp_path):
+    path = tmp_path / "trace.jsonl"
+    engine = Engine(EngineConfig(model_path=tiny_model_path, dtype="float32", device="cpu", trace_path=str(path),
+                                 max_num_batched_tokens=16, tpot_slo_ms=1000.0))
+    outs = engine.generate([GenerationInput(text="Tell me about a red ball and a blue cube, please."),
+                            GenerationInput(text="Hello!")], SamplingParams(max_tokens=4, ignore_eos=True))
+    engine.trace.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    arrivals = [x for x in lines if x["ev"] == "arrival"]
+    steps = [x for x in lines if x["ev"] == "step"]
+    assert [a["id"] for a in arrivals] == [o.request_id for o in outs]
+    assert len(steps) == engine.num_steps
+    # Every prompt token was prefilled in some step, in chunks within the token budget.
+    for out in outs:
+        chunks = [n for s in steps for rid, n in s["prefill"] if rid == out.request_id]
+        assert sum(chunks) == len(out.prompt_token_ids) and max(chunks) <= 16
+    # 4 outputs each: the first comes from a prefill step, the other 3 from decodes.
+    assert sum(s["decodes"] for s in steps) == 2 * 3
+    first = steps[0]
+    assert first["queue"] and all(isinstance(k, list) and k[1] in (True, False) for _, k in first["queue"])
+    assert all(s["dur"] >= s["llm_s"] for s in steps)
