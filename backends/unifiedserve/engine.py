@@ -119,8 +119,7 @@ class Engine:
         logits, encoder_s, llm_s = self.runner.execute(plan)
         self._record(plan, start, encoder_s, llm_s)
         if self.trace:
-            queue = [r for r in self.scheduler.running if r.first_token_time is None] + self.scheduler.waiting
-            self.trace.step(plan, start, time.monotonic(), encoder_s, llm_s, queue, self.scheduler.urgency)
+            self.trace.step(plan, self.step_stats[-1], self.scheduler)
         return self._postprocess(plan, logits)
 
     def _record(self, plan: SchedulerOutput, start: float, encoder_s: float, llm_s: float) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 from typing import IO
 
+from unifiedserve.cost_model import StepStats
 from unifiedserve.request import Request
+from unifiedserve.scheduler import Scheduler, SchedulerOutput
 
 
 class StepTrace:
@@ -22,15 +24,17 @@ class StepTrace:
         self._write({"ev": "arrival", "id": req.request_id, "t": req.arrival_time, "prompt": req.num_prompt_tokens,
                      "videos": len(req.videos), "ttft_slo_ms": req.ttft_slo_ms})
 
-    def step(self, plan, start: float, end: float, encoder_s: float, llm_s: float, queue: list[Request],
-             urgency) -> None:
+    def step(self, plan: SchedulerOutput, stats: StepStats, scheduler: Scheduler) -> None:
+        """`stats`: the step's own record (times); the queue: requests not yet at their first token, in the order
+        and with the urgency keys the scheduler planned this step with."""
+        queue = [r for r in scheduler.running if r.first_token_time is None] + scheduler.waiting
         self._write({
-            "ev": "step", "t": start, "dur": round(end - start, 5), "enc_s": round(encoder_s, 5),
-            "llm_s": round(llm_s, 5), "decodes": plan.num_decodes,
+            "ev": "step", "t": stats.start_s, "dur": round(stats.end_s - stats.start_s, 5),
+            "enc_s": round(stats.encoder_s, 5), "llm_s": round(stats.llm_s, 5), "decodes": plan.num_decodes,
             "prefill": [[c.request.request_id, c.num_tokens] for c in plan.chunks[plan.num_decodes:]],
             "encoder": [[w.request.request_id, round(w.num_tokens, 1)] for w in plan.encoder_work],
-            "target_s": plan.budgets.target_s if plan.budgets else 0.0,
-            "queue": [[r.request_id, _jsonable(urgency(r))] for r in queue],
+            "target_s": stats.target_s,
+            "queue": [[r.request_id, _jsonable(scheduler.urgency(r))] for r in queue],
         })
 
     def close(self) -> None:
