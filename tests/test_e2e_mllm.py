@@ -255,3 +255,43 @@ def test_scheduling_hints_reach_the_engine_through_the_ensemble(mllm_server, cli
     assert r.error is not None and "priority" in str(r.error)
     _ok(grpc_stream(mllm_server.grpc_url, {"text_input": QUESTION, "video_bytes": clip, "max_tokens": 4,
                                            "priority": 1}, parameters={"ttft_slo_ms": 2000.0, "tpot_slo_ms": 100.0}))
+
+
+def _stub_thread_nices(server_pid: int) -> dict[str, list[int]]:
+    """Nice value of every thread of each Python-backend stub under the server, by model name."""
+    import os
+    from pathlib import Path
+
+    by_model: dict[str, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if int(stat.rsplit(")", 1)[1].split()[1]) != server_pid or b"python_backend_stub" not in argv[0]:
+                continue
+            model = Path(argv[1].decode()).parent.parent.name  # <repo>/<model>/1/model.py
+            by_model.setdefault(model, []).extend(
+                os.getpriority(os.PRIO_PROCESS, int(t.name)) for t in (proc / "task").iterdir())
+        except (OSError, IndexError, ValueError):
+            continue  # a process or thread that ended while we looked
+    return by_model
+
+
+def test_cpu_decoders_run_niced_below_the_engine(mllm_server, clip):
+    """flashcodec's CPU decode threads yield the cores to unifiedserve's steps (flashcodec/cpu_priority.py)."""
+    import os
+
+    import torch
+
+    from flashcodec.cpu_priority import AUTO_CPU_NICE
+
+    if torch.cuda.is_available():
+        pytest.skip("auto picks a GPU decode engine here, which keeps normal priority")
+    _ok(grpc_stream(mllm_server.grpc_url, {"text_input": QUESTION, "video_bytes": clip, "max_tokens": 2}))
+    server_nice = os.getpriority(os.PRIO_PROCESS, mllm_server.pid)
+    nices = _stub_thread_nices(mllm_server.pid)
+    assert nices.get("flashcodec") and nices.get("unifiedserve"), nices
+    assert set(nices["flashcodec"]) == {max(server_nice, AUTO_CPU_NICE)}  # decoder pools made after load too
+    assert set(nices["unifiedserve"]) == {server_nice}

@@ -14,6 +14,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from flashcodec import DecoderConfig, SamplingSpec, decode_video, get_engine
+from flashcodec.cpu_priority import lower_process_priority, resolve_cpu_nice
 from flashcodec.source import SourcePolicy, load_video_source
 from triton_adapters.engine_params import triton_parameters
 from triton_adapters.errors import to_triton_error
@@ -35,7 +36,10 @@ class TritonPythonModel:
         self.decoder = decoder_config(params, max_bytes, args)
         # Fail the model load, not every request, when the configured engine cannot run here.
         engine = get_engine(self.decoder.engine, self.decoder)
-        pb_utils.Logger.log_info(f"flashcodec: engine {engine.name} ({self.decoder})")
+        # CPU decoding yields the cores to the engine's steps (cpu_priority.py says why).
+        nice = resolve_cpu_nice(os.environ.get("MLLM_FLASHCODEC_CPU_NICE") or params.get("cpu_nice", ""), engine.name)
+        nice = lower_process_priority(nice)
+        pb_utils.Logger.log_info(f"flashcodec: engine {engine.name}, nice {nice} ({self.decoder})")
         roots = os.environ.get("MLLM_MEDIA_ROOTS") or params.get("media_roots") or ""
         self.source = SourcePolicy(
             media_roots=tuple(r for r in roots.split(":") if r),
