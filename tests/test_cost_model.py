@@ -33,10 +33,10 @@ def _decoders(n: int, context: int, tpot_slo_ms: float | None = None, outputs: i
                             max_total_tokens=0) for _ in range(n)]
 
 
-def _cost(intercept=0.010, decode=1e-4, prefill=1e-4, attention=0.0, encoder=1e-3, burst: float | None = None
-          ) -> StepCostModel:
+def _cost(intercept=0.010, decode=1e-4, prefill=1e-4, attention=0.0, encoder=1e-3, burst: float | None = None,
+          batch_jump: float = 0.0) -> StepCostModel:
     cost = StepCostModel(bursts=burst is not None)
-    cost.llm.w[:] = [intercept, decode, prefill, attention, burst or 0.0]
+    cost.llm.w[:] = [intercept, decode, prefill, attention, burst or 0.0, batch_jump]
     cost.encoder.w[:] = [0.0, encoder]
     return cost
 
@@ -73,6 +73,31 @@ def test_the_fit_separates_the_burst_fixed_cost_from_the_prefill_price():
         cost.observe(StepStats(0.0, llm_s, decodes, prefill, 0.0, 0.0, 0, llm_s, 0.0, llm_burst=burst))
     assert abs(cost.burst_s - 0.004) < 1.5e-3 and abs(cost.llm.w[2] - 5e-5) < 1e-5
     assert StepCostModel(bursts=False).burst_s == 0.0
+
+
+def test_the_fit_separates_the_batch_jump_from_the_row_prices():
+    """One-row forwards are cheaper than the linear prices of larger ones suggest (GEMV vs GEMM on a CPU): the fit
+    learns the jump from a lone decode to two rows apart from the per-row prices."""
+    cost = StepCostModel()
+    for n in range(300):
+        decodes, prefill = n % 3, (n * 7) % 13 if n % 4 else 0
+        if decodes + prefill == 0:
+            continue
+        llm_s = 0.009 + 5e-4 * decodes + 4.7e-4 * prefill + (0.004 if decodes + prefill >= 2 else 0.0)
+        cost.observe(StepStats(0.0, llm_s, decodes, prefill, 0.0, 0.0, 0, llm_s, 0.0))
+    assert abs(cost.batch_jump_s - 0.004) < 2e-4 and abs(cost.llm.w[2] - 4.7e-4) < 2e-5
+    assert abs(cost.llm_s(1, 0, 0.0) - 0.0095) < 2e-4 and abs(cost.llm_s(1, 8, 0.0) - 0.0173) < 3e-4
+
+
+def test_pacing_counts_the_batch_jump_into_a_lone_streams_fixed_part():
+    """With one stream decoding, a paced step that adds any prefill pays the jump too: the paced target must
+    leave the share the pace needs beyond decode + jump, not just beyond the decode."""
+    cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=1.0, ttft_pace_fraction=0.5)
+    waiting = [_prompt(100, ttft_slo_ms=1000.0)]  # 100 tokens x 0.1 ms = 10 ms due by 0.5 s: a small share
+    stream = _decoders(1, 100, max_tokens=10**6)
+    plain = step_budgets(cfg, _cost(), stream, waiting, now=0.0)
+    jumped = step_budgets(cfg, _cost(batch_jump=0.004), stream, waiting, now=0.0)
+    assert plain.target_s < 0.05 and jumped.target_s > plain.target_s + 0.004 - 1e-9
 
 
 def test_a_stream_that_used_its_slack_gets_short_steps():

@@ -182,7 +182,7 @@ def fixed_cost_model(rng: random.Random) -> StepCostModel:
     cost = StepCostModel(bursts=rng.random() < 0.5)  # half the traces pay a CPU burst-thread cost per prefill
     # A fixed cost per forward above the idle step cap too (a slow machine, a tight TPOT target).
     cost.llm.w[:] = [rng.choice([1e-3, 4e-3, 0.2]), rng.choice([2e-4, 1e-3]), rng.choice([1e-4, 1e-3]), 1e-3,
-                     rng.choice([0.0, 2e-3])]
+                     rng.choice([0.0, 2e-3]), rng.choice([0.0, 4e-3])]
     cost.encoder.w[:] = [rng.choice([0.0, 1e-3]), rng.choice([2e-4, 2e-3])]
     return cost
 

@@ -35,7 +35,7 @@ def _free_forwards() -> StepCostModel:
     """A cost model whose forwards cost nothing fixed: every prefill chunk is worth a forward of its own (the
     scenarios that need prefill to trail the encoder frontier step by step)."""
     cost = StepCostModel()
-    cost.llm.w[0] = 0.0
+    cost.llm.w[0] = cost.llm.w[5] = 0.0
     return cost
 
 
@@ -86,7 +86,7 @@ def test_timed_step_spends_the_headroom_in_urgency_order_with_one_forced_unit() 
     cfg = EngineConfig(model_path="unused", tpot_slo_ms=20.0, tpot_headroom=1.0, num_kv_blocks=100, block_size=4,
                        min_prefill_chunk=2)
     cost = StepCostModel()
-    cost.llm.w[:] = [0.004, 0.001, 0.001, 0.0, 0.0]  # 4 ms per forward, 1 ms per decode row or prefill token
+    cost.llm.w[:] = [0.004, 0.001, 0.001, 0.0, 0.0, 0.0]  # 4 ms per forward, 1 ms per decode row or prefill token
     s = Scheduler(cfg, BlockManager(cfg.num_kv_blocks, cfg.block_size), cost)
     a = _text_request("a", 3, max_tokens=100, arrival=0.0)
     s.add(a)
@@ -115,6 +115,28 @@ def test_timed_step_spends_the_headroom_in_urgency_order_with_one_forced_unit() 
     out = s.schedule(now=0.0645)
     assert out.budgets.allow_forced
     assert [(x.request.request_id, x.num_tokens) for x in out.chunks] == [("a", 1), ("c", 4)]
+
+
+@pytest.mark.parametrize(("streams", "expected_tokens"), [(1, 12), (2, 11)])
+def test_the_first_prefill_beside_a_lone_stream_pays_the_batch_jump(streams: int, expected_tokens: int) -> None:
+    """A lone decode is a one-row forward; the first prefill token makes it a batch and costs the jump on top of
+    its price (cost_model.py). With two streams the decode prediction already holds the jump."""
+    cfg = EngineConfig(model_path="unused", tpot_slo_ms=20.0, tpot_headroom=1.0, ttft_pace_fraction=0.0,
+                       num_kv_blocks=100, block_size=4)
+    cost = StepCostModel()
+    cost.llm.w[:] = [0.004, 0.001, 0.001, 0.0, 0.0, 0.003]  # + 3 ms for any forward of two or more rows
+    s = Scheduler(cfg, BlockManager(cfg.num_kv_blocks, cfg.block_size), cost)
+    running = [_text_request(f"s{i}", 3, max_tokens=100, arrival=0.0) for i in range(streams)]
+    for r in running:
+        s.add(r)
+    s.update_from_output(s.schedule(now=0.0))
+    for r in running:
+        r.output_token_ids, r.first_token_time = [7], 0.01
+    s.add(_text_request("c", 30, arrival=0.0))
+    out = s.schedule(now=0.01)
+    # 1 stream: 20 - 5 (one-row decode) - 3 (jump) = 12 ms -> 12 tokens; 2 streams: 20 - 9 (4 + 2 + 3) = 11.
+    assert [(x.request.request_id, x.num_tokens) for x in out.chunks if x.request.request_id == "c"] == [
+        ("c", expected_tokens)]
 
 
 @pytest.mark.parametrize("policy", ["unified", "blocking"])

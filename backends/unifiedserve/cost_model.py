@@ -5,8 +5,13 @@ per forward + decode rows + prefill tokens + attention work + a fixed part for a
 threads, cpu_threads.py) + encoder time (pieces started + encoder tokens carried through the tower). Decode
 rows and prefill tokens have separate prices: on a CPU, and for small batches on a GPU, a decode row costs
 mostly the weight reads it shares with the rest of the batch while a prefill token costs its full matmuls.
+A forward over two or more rows also pays a fixed `batch_jump_s` a single-row forward does not: on a CPU a
+one-row matmul is a GEMV and two rows already take GEMM's path (measured on the 2-core VM with the small model:
+one decode 9.4 ms, two decodes 14.9 ms, one decode + a 1-token prefill chunk 13.4 ms, + 8 tokens 18.5 ms, then
+~0.47 ms per token), so the first prefill token added to a lone stream's step costs ~4 ms, not a token's price;
+priced linearly, paced steps that added a few tokens to one stream ran 21 % over their target (median).
 Coefficients are refitted by least squares over a sliding window of measured steps (non-negative, with a prior
-until enough samples exist), so the budgets follow the real machine.
+until enough samples exist), so the budgets follow the real machine (on a GPU the jump fits to about zero).
 
 The step's time target (`step_target_s`) comes from the running streams' TPOT SLOs: every gap stays under
 the tightest SLO x `tpot_headroom`, and a stream whose mean TPOT so far has used up its slack (a slow
@@ -97,20 +102,25 @@ class OnlineLinearFit:
 class StepCostModel:
     # Priors for the small CPU model; the fit replaces them after a few dozen steps.
     def __init__(self, bursts: bool = False) -> None:
-        # [1, decode rows, prefill tokens, attention kwork, ran on the burst threads]
-        self.llm = OnlineLinearFit(prior=[6e-3, 1e-3, 2.5e-4, 1e-4, 3e-3])
+        # [1, decode rows, prefill tokens, attention kwork, ran on the burst threads, forward of >= 2 rows]
+        self.llm = OnlineLinearFit(prior=[6e-3, 1e-3, 2.5e-4, 1e-4, 3e-3, 4e-3])
         self.bursts = bursts
         self.encoder = OnlineLinearFit(prior=[3e-3, 1.5e-4])  # [pieces started, encoder tokens]
 
     def observe(self, s: StepStats) -> None:
         if s.num_decode_tokens + s.num_prefill_tokens:
-            self.llm.add([1.0, float(s.num_decode_tokens), float(s.num_prefill_tokens), s.attention_work,
-                          float(s.llm_burst)], s.llm_s)
+            self.llm.add(_llm_features(s.num_decode_tokens, s.num_prefill_tokens, s.attention_work, s.llm_burst),
+                         s.llm_s)
         if s.encoder_tokens:
             self.encoder.add([float(s.num_encoder_pieces_started), s.encoder_tokens], s.encoder_s)
 
     def llm_s(self, decode_tokens: int, prefill_tokens: int, attention_work: float, burst: bool = False) -> float:
-        return self.llm.predict([1.0, float(decode_tokens), float(prefill_tokens), attention_work, float(burst)])
+        return self.llm.predict(_llm_features(decode_tokens, prefill_tokens, attention_work, burst))
+
+    @property
+    def batch_jump_s(self) -> float:
+        """What a forward of two or more rows pays beyond the linear prices (GEMM instead of GEMV on a CPU)."""
+        return float(self.llm.w[5])
 
     @property
     def burst_s(self) -> float:
@@ -127,6 +137,11 @@ class StepCostModel:
     @property
     def encoder_token_s(self) -> float:
         return max(self.encoder.w[1], 1e-9)
+
+
+def _llm_features(decode_tokens: int, prefill_tokens: int, attention_work: float, burst: bool) -> list[float]:
+    rows = decode_tokens + prefill_tokens
+    return [1.0, float(decode_tokens), float(prefill_tokens), attention_work, float(burst), float(rows >= 2)]
 
 
 def min_time_to_first_token(cost: StepCostModel, req) -> float:
@@ -246,7 +261,8 @@ def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Se
     unpaced, share = target, 1.0
     if decoders and candidates and config.ttft_pace_fraction > 0:
         # A step of time T spends T - fixed on prefill/encoder work; that share must reach the pace.
-        fixed_s = decode_s + cost.burst_s
+        # A lone stream's step pays the batch jump as soon as any prefill joins it.
+        fixed_s = decode_s + cost.burst_s + (cost.batch_jump_s if len(decoders) == 1 else 0.0)
         share = paced_share(cost, decoders, candidates, now, config.ttft_pace_fraction, fixed_s)
         target = min(target, fixed_s / (1.0 - share)) if share < 1.0 else target
     # Prefill work makes the forward run on the burst threads (when bursting): the headroom pays for that first.

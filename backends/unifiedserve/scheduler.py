@@ -321,6 +321,9 @@ class _Spend:
         self.boost_s = budgets.boost_s
         self.risk_boost_s = budgets.risk_boost_s
         self.min_prefill = config.min_prefill_chunk
+        # Rows of the step's forward so far; the first prefill that makes it two or more pays the batch jump.
+        self.rows = num_decodes
+        self.jump_s = cost.batch_jump_s if self.timed and num_decodes < 2 else 0.0
         # Any prefill or encoder work planned in this step (a forced unit only goes to a step with none).
         self.progressed = not budgets.allow_forced
         self.encoder_closed = self.prefill_closed = False
@@ -366,8 +369,9 @@ class _Spend:
         if not self.timed:
             return n
         price = self.cost.prefill_token_s(context + n // 2)
-        afford = self.time_s / price
-        if afford < n and may_boost and n == wanted and (self.time_s + self.boost_s) / price >= n:
+        jump = self._jump(n)
+        afford = (self.time_s - jump) / price
+        if afford < n and may_boost and n == wanted and (self.time_s + self.boost_s - jump) / price >= n:
             self.time_s, self.boost_s = self.time_s + self.boost_s, 0.0  # once per step
             afford = n
         if afford < n:
@@ -376,10 +380,16 @@ class _Spend:
             n = min(wanted, self.tokens, self.min_prefill)
         return n
 
+    def _jump(self, n: int) -> float:
+        """The batch jump (cost_model.py) that adding `n` prefill rows to this step's forward would pay."""
+        return self.jump_s if self.rows + n >= 2 else 0.0
+
     def prefill(self, context: int, n: int, wanted: int) -> None:
         if n:
             self.tokens -= n
-            self.time_s -= n * self.cost.prefill_token_s(context + n // 2)
+            self.time_s -= n * self.cost.prefill_token_s(context + n // 2) + self._jump(n)
+            self.rows += n
+            self.jump_s = 0.0 if self.rows >= 2 else self.jump_s
             self.progressed = True
         if self.timed and n < wanted:
             self.prefill_closed = True
