@@ -6,12 +6,13 @@ threads, cpu_threads.py) + encoder time (pieces started + encoder tokens carried
 rows and prefill tokens have separate prices: on a CPU, and for small batches on a GPU, a decode row costs
 mostly the weight reads it shares with the rest of the batch while a prefill token costs its full matmuls.
 A forward over two or more rows also pays a fixed `batch_jump_s` a single-row forward does not: on a CPU a
-one-row matmul is a GEMV and two rows already take GEMM's path (measured on the 2-core VM with the small model:
-one decode 9.4 ms, two decodes 14.9 ms, one decode + a 1-token prefill chunk 13.4 ms, + 8 tokens 18.5 ms, then
-~0.47 ms per token), so the first prefill token added to a lone stream's step costs ~4 ms, not a token's price;
-priced linearly, paced steps that added a few tokens to one stream ran 21 % over their target (median).
+one-row matmul is MKL's GEMV case, and more rows cost much more at first (one 1408x512 float32 matmul, one
+thread: 61 us for one row, 115 for two, 144 for four, 199 for eight). Measured on the 2-core VM with the small
+model: one decode 9.4 ms, two decodes 14.9 ms, one decode + a 1-token prefill chunk 13.4 ms, + 8 tokens 18.5 ms,
+then ~0.47 ms per token; so the first prefill token added to a lone stream's step costs ~4 ms, not a token's
+price. Priced linearly, paced steps that added a few tokens to one stream ran 21 % over their target (median).
 Coefficients are refitted by least squares over a sliding window of measured steps (non-negative, with a prior
-until enough samples exist), so the budgets follow the real machine (on a GPU the jump fits to about zero).
+until enough samples exist), so the budgets follow the real machine (the jump too, whatever it is on a GPU).
 
 The step's time target (`step_target_s`) comes from the running streams' TPOT SLOs: every gap stays under
 the tightest SLO x `tpot_headroom`, and a stream whose mean TPOT so far has used up its slack (a slow
