@@ -37,7 +37,7 @@ class TritonPythonModel:
         # Fail the model load, not every request, when the configured engine cannot run here.
         engine = get_engine(self.decoder.engine, self.decoder)
         # CPU decoding yields the cores to the engine's steps (cpu_priority.py says why).
-        nice = resolve_cpu_nice(os.environ.get("MLLM_FLASHCODEC_CPU_NICE") or params.get("cpu_nice", ""), engine.name)
+        nice = resolve_cpu_nice(_param(params, "cpu_nice", "auto"), engine.name)
         nice = lower_process_priority(nice)
         pb_utils.Logger.log_info(f"flashcodec: engine {engine.name}, nice {nice} ({self.decoder})")
         roots = os.environ.get("MLLM_MEDIA_ROOTS") or params.get("media_roots") or ""
@@ -83,27 +83,29 @@ class TritonPythonModel:
         )
 
 
+def _param(params: dict[str, str], key: str, default: str = "") -> str:
+    """A model parameter; env MLLM_FLASHCODEC_<KEY> overrides it."""
+    return os.environ.get(f"MLLM_FLASHCODEC_{key.upper()}") or params.get(key) or default
+
+
 def decoder_config(params: dict[str, str], max_bytes: int, args: dict) -> DecoderConfig:
     """DecoderConfig from the model's parameters; env MLLM_FLASHCODEC_<KEY> overrides a parameter.
 
     gpu_ids: "0,1" (empty: the instance's GPU for KIND_GPU instances, else every visible GPU).
     """
-    def get(key: str, default: str = "") -> str:
-        return os.environ.get(f"MLLM_FLASHCODEC_{key.upper()}") or params.get(key) or default
-
-    gpu_ids = tuple(int(g) for g in get("gpu_ids").replace(" ", "").split(",") if g)
+    gpu_ids = tuple(int(g) for g in _param(params, "gpu_ids").replace(" ", "").split(",") if g)
     if not gpu_ids and args.get("model_instance_kind") == "GPU":
         gpu_ids = (int(args.get("model_instance_device_id") or 0),)
     return DecoderConfig(
-        engine=get("engine", "auto"),
-        num_instances=int(get("num_instances", "0")),
+        engine=_param(params, "engine", "auto"),
+        num_instances=int(_param(params, "num_instances", "0")),
         max_input_bytes=max_bytes,
         gpu_ids=gpu_ids,
-        sessions_per_gpu=int(get("sessions_per_gpu", "4")),
-        fallback_to_cpu=get("fallback_to_cpu", "true").lower() == "true",
-        output_device=get("output_device", "auto"),
+        sessions_per_gpu=int(_param(params, "sessions_per_gpu", "4")),
+        fallback_to_cpu=_param(params, "fallback_to_cpu", "true").lower() == "true",
+        output_device=_param(params, "output_device", "auto"),
         # 0 re-indexes every request (benchmarks replaying the same files, so no request gets a free index)
-        index_cache_entries=int(get("index_cache_entries", "64")),
+        index_cache_entries=int(_param(params, "index_cache_entries", "64")),
     )
 
 
