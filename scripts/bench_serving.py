@@ -92,6 +92,9 @@ SYSTEMS = {s.name: s for s in (
     # Ablation: FlashCodec's CPU decoders at the engine's OS priority (flashcodec/cpu_priority.py).
     System("ours-nonice", REPO / "model_repository", {"MLLM_FLASHCODEC_CPU_NICE": "0"},
            "FlashCodec + UnifiedServe, CPU decoders not niced below the engine"),
+    # Ablation: HF's own text layers instead of the fused decoder (unifiedserve/fused_decoder.py).
+    System("ours-hflayers", REPO / "model_repository", {"MLLM_ENGINE_FUSED_DECODER": "0"},
+           "FlashCodec + UnifiedServe on HF's text layers (no fused q/k/v, gate/up, CPU weight layout)"),
     System("naive", REPO / "baselines" / "model_repository_naive", {},
            "stock Triton: full decode -> vision encoder (dynamic_batching) -> HF generate() per batch"),
 )}

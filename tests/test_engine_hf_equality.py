@@ -140,3 +140,12 @@ def test_plan_shape_of_gpu_overlap_matches_hf(tiny_model_path, hf_model):
     inputs = _inputs()
     outs = engine.generate(inputs, SamplingParams(max_tokens=MAX_NEW))
     assert [o.token_ids for o in outs] == _expected(engine, hf_model, inputs)
+
+
+def test_hf_layers_path_matches_hf(tiny_model_path, hf_model):
+    """fused_decoder=False (HF's own layers over the paged cache, the A/B path): the same tokens as HF."""
+    engine = _engine(tiny_model_path, fused_decoder=False, max_num_batched_tokens=40, encoder_budget_tokens=8)
+    assert type(engine.runner.decoder).__name__ == "HFTextDecoder"
+    inputs = _inputs()
+    outs = engine.generate(inputs, SamplingParams(max_tokens=MAX_NEW))
+    assert [o.token_ids for o in outs] == _expected(engine, hf_model, inputs)

@@ -33,6 +33,9 @@ class EngineConfig:
     ttft_pace_fraction: float = 0.5
     min_prefill_chunk: int = 16  # forced progress: prefill tokens of the most urgent request in a step with no headroom
     max_idle_step_ms: float = 0.0  # unified, no stream decoding: step time cap (0: 2 x the TPOT target; none without)
+    # The packed text decoder (fused_decoder.py: fused q/k/v and gate/up matmuls, one-op norms) instead of HF's
+    # layers; the same weights and math. False: HF's layers (an A/B of the forward, or a checkpoint it rejects).
+    fused_decoder: bool = True
     overlap_encoder: bool = True  # on CUDA: encoder slices on a low-priority stream beside the LLM step
     encoder_cache_tokens: int = 65536  # encoder output cache (visual tokens) for repeated videos
     # torch intra-op threads on CPU (0: torch's default, one per core). A server leaves a core to its I/O threads

@@ -9,6 +9,7 @@ import torch
 from unifiedserve.config import EngineConfig
 from unifiedserve.cpu_threads import CpuThreads
 from unifiedserve.encoder_planner import EncoderWork
+from unifiedserve.fused_decoder import build_text_decoder
 from unifiedserve.layered_encoder import LayeredVisionEncoder
 from unifiedserve.model_loader import LoadedModel
 from unifiedserve.paged_attention import AttentionMetadata, PagedKVCache, forward_context
@@ -33,6 +34,8 @@ class ModelRunner:
         self.inner = self.model.model  # Qwen2(_5)_VLModel: .visual, .language_model, get_video_features
         self.embed = self.inner.get_input_embeddings()
         self.encoder = LayeredVisionEncoder(self.inner.visual)
+        self.decoder = build_text_decoder(self.inner.language_model, self.model.lm_head, config.fused_decoder,
+                                          on_cpu=self.device.type == "cpu")
         self.overlap = None
         if self.device.type == "cuda" and config.overlap_encoder:
             from unifiedserve.device_streams import OverlappedExecution
@@ -86,12 +89,11 @@ class ModelRunner:
         pos = torch.cat(positions, dim=1).to(self.device)
         meta = AttentionMetadata(torch.cat(slot_mapping), query_starts, context_slots)
         with forward_context(self.kv, meta):
-            hidden = self.inner.language_model(inputs_embeds=embeds[None], position_ids=pos[:, None, :],
-                                               use_cache=False).last_hidden_state[0]
+            hidden = self.decoder(embeds, pos)
         last = [query_starts[i + 1] - 1 for i, c in enumerate(chunks) if c.samples]
         if not last:
             return torch.empty(0, device=self.device)
-        return self.model.lm_head(hidden[last]).float()
+        return self.decoder.logits(hidden[last]).float()
 
     def execute(self, plan: SchedulerOutput) -> tuple[torch.Tensor, float, float]:
         """Run the plan; returns (logits of sampling chunks, encoder seconds, LLM seconds)."""
