@@ -98,3 +98,19 @@ def test_unsupported_checkpoint_falls_back_to_hf_layers(tiny_model_path, caplog)
     lm.config.hidden_act = "silu"
     assert isinstance(build_text_decoder(lm, loaded.model.lm_head, fused=True, on_cpu=True), FusedTextDecoder)
     assert isinstance(build_text_decoder(lm, loaded.model.lm_head, fused=False, on_cpu=True), HFTextDecoder)
+
+
+def test_forward_benchmark_script_runs(tiny_model_path, capsys):
+    """scripts/bench_decoder_forward.py (the A/B behind the fused decoder's numbers) runs and finds no logit gap."""
+    import re
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_decoder_forward
+
+    bench_decoder_forward.main(["--model", tiny_model_path, "--context", "40", "--chunk", "16", "--reps", "5",
+                                "--threads", str(torch.get_num_threads())])  # leaves the process as it was
+    out = capsys.readouterr().out
+    assert float(re.search(r"max \|logit diff\| (\S+)", out).group(1)) < 1e-3
+    assert re.search(r"decode step .*: hf-layers [\d.]+ ms, fused [\d.]+ ms", out)

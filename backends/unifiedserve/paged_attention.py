@@ -1,10 +1,9 @@
 """Paged KV cache + the attention over it: `paged_attention` (the fused decoder calls it) and the entry HF's Qwen
 layers call through AttentionInterface (`paged_attention_forward`, for `fused_decoder=False`).
 
-The HF decoder layers stay as they are: each attention module calls `paged_attention_forward` with this
-step's packed queries/keys/values ([1, heads, num_tokens, head_dim], all requests concatenated). It writes
-the new K/V into the request's blocks and attends over each request's whole context. Step metadata is
-set once per forward through `forward_context` (vLLM's pattern) rather than threaded through HF kwargs.
+Both get this step's packed queries/keys/values (all requests' tokens concatenated), write the new K/V into the
+requests' blocks and attend over each request's whole context. Step metadata is set once per forward through
+`forward_context` (vLLM's pattern) rather than threaded through HF kwargs.
 """
 
 from __future__ import annotations

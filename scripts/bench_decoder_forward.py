@@ -1,0 +1,91 @@
+"""One LLM forward of the engine, HF's text layers vs the fused decoder, side by side in one process.
+
+    .venv/bin/python scripts/bench_decoder_forward.py [--model-preset small|tiny | --model PATH] [--threads 1]
+        [--context 200] [--chunk 64] [--reps 100]
+
+Both decoders run over the same paged KV cache and metadata the engine builds (a prompt of `--context` tokens
+already cached), on two copies of the same checkpoint: a decode step (one token + the LM head) and a prefill chunk
+of `--chunk` tokens. Prints medians, their ratio, and the largest logit difference (the fused decoder must compute
+what HF's layers compute). Interleaved rounds, so drift on a shared machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "backends"))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from unifiedserve.fused_decoder import FusedTextDecoder, HFTextDecoder  # noqa: E402
+from unifiedserve.model_loader import load_model  # noqa: E402
+from unifiedserve.paged_attention import AttentionMetadata, PagedKVCache, forward_context  # noqa: E402
+
+MODEL_DIRS = {"tiny": "tiny-qwen2.5-vl", "small": "small-qwen2.5-vl"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model-preset", choices=sorted(MODEL_DIRS), default="small")
+    ap.add_argument("--model", type=Path, help="checkpoint folder (overrides --model-preset)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the served engine decodes on 1 of 2 cores)")
+    ap.add_argument("--context", type=int, default=200)
+    ap.add_argument("--chunk", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=100)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    path = args.model or REPO / "artifacts" / "models" / MODEL_DIRS[args.model_preset]
+    if not path.is_dir():
+        import make_tiny_model
+
+        make_tiny_model.main(["--out", str(path), "--preset", args.model_preset])
+    ref, mine = load_model(str(path), "cpu", "float32"), load_model(str(path), "cpu", "float32")
+    decoders = {
+        "hf-layers": HFTextDecoder(ref.model.model.language_model, ref.model.lm_head),
+        "fused": FusedTextDecoder(mine.model.model.language_model, mine.model.lm_head, on_cpu=True),
+    }
+    config = ref.model.model.language_model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    n = args.context + 1
+    blocks = -(-n // 16) + 1
+    caches = {name: PagedKVCache(config.num_hidden_layers, blocks, 16, config.num_key_value_heads, head_dim,
+                                 torch.float32, torch.device("cpu")) for name in decoders}
+    torch.manual_seed(0)
+    embeds = torch.randn(n, config.hidden_size)
+    positions = torch.arange(n).expand(3, -1)
+    slots = torch.arange(n)
+
+    def forward(name: str, lo: int, hi: int) -> torch.Tensor:
+        meta = AttentionMetadata(slots[lo:hi], [0, hi - lo], [slots[:hi]])
+        with torch.inference_mode(), forward_context(caches[name], meta):
+            hidden = decoders[name](embeds[lo:hi], positions[:, lo:hi])
+            return decoders[name].logits(hidden[-1:])
+
+    logits = {name: (forward(name, 0, args.context), forward(name, args.context, n)) for name in decoders}
+    diff = max((a - b).abs().max().item() for a, b in zip(*logits.values(), strict=True))
+    cases = {"decode step (1 token + LM head)": (args.context, n, args.reps),
+             f"prefill chunk ({args.chunk} tokens)": (args.context - args.chunk, args.context, max(5, args.reps // 10))}
+    print(f"model {path.name}, {args.threads} thread(s), context {args.context}; max |logit diff| {diff:.2e}")
+    for label, (lo, hi, reps) in cases.items():
+        times: dict[str, list[float]] = {name: [] for name in decoders}
+        for _ in range(5):
+            for name in decoders:
+                forward(name, lo, hi)
+        for _ in range(reps):  # interleaved: both see the same machine
+            for name in decoders:
+                t0 = time.perf_counter()
+                forward(name, lo, hi)
+                times[name].append(time.perf_counter() - t0)
+        med = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+        print(f"  {label}: hf-layers {med['hf-layers']:.2f} ms, fused {med['fused']:.2f} ms "
+              f"({med['hf-layers'] / med['fused']:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
