@@ -23,11 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "backends"))
 sys.path.insert(0, str(REPO / "scripts"))
 
+from bench_serving import MODEL_DIRS, model_path  # noqa: E402  (the same presets and model generation)
+
 from unifiedserve.fused_decoder import FusedTextDecoder, HFTextDecoder  # noqa: E402
 from unifiedserve.model_loader import load_model  # noqa: E402
 from unifiedserve.paged_attention import AttentionMetadata, PagedKVCache, forward_context  # noqa: E402
-
-MODEL_DIRS = {"tiny": "tiny-qwen2.5-vl", "small": "small-qwen2.5-vl"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,11 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", type=int, default=100)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    path = args.model or REPO / "artifacts" / "models" / MODEL_DIRS[args.model_preset]
-    if not path.is_dir():
-        import make_tiny_model
-
-        make_tiny_model.main(["--out", str(path), "--preset", args.model_preset])
+    path = model_path(args)
     ref, mine = load_model(str(path), "cpu", "float32"), load_model(str(path), "cpu", "float32")
     decoders = {
         "hf-layers": HFTextDecoder(ref.model.model.language_model, ref.model.lm_head),

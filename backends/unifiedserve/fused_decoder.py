@@ -48,7 +48,9 @@ class _Linear:
 @dataclass
 class _Layer:
     input_norm: torch.Tensor
+    input_eps: float
     post_norm: torch.Tensor
+    post_eps: float
     qkv: _Linear
     o: _Linear
     gate_up: _Linear
@@ -83,8 +85,6 @@ class FusedTextDecoder:
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         self.layers = [_fuse(layer, on_cpu) for layer in language_model.layers]
-        self.eps = [(layer.input_layernorm.variance_epsilon, layer.post_attention_layernorm.variance_epsilon)
-                    for layer in language_model.layers]
         self.final_norm = language_model.norm.weight
         self.final_eps = language_model.norm.variance_epsilon
         self.scaling = language_model.layers[0].self_attn.scaling
@@ -101,14 +101,13 @@ class FusedTextDecoder:
         n = embeds.shape[0]
         x = embeds
         for i, layer in enumerate(self.layers):
-            eps_in, eps_post = self.eps[i]
-            q, k, v = layer.qkv(_rms_norm(x, layer.input_norm, eps_in)).split(
+            q, k, v = layer.qkv(_rms_norm(x, layer.input_norm, layer.input_eps)).split(
                 (self.q_size, self.kv_size, self.kv_size), dim=-1)
             q = _rotate(q.view(n, self.num_heads, self.head_dim), cos, sin)
             k = _rotate(k.view(n, self.num_kv_heads, self.head_dim), cos, sin)
             attn = paged_attention(i, q, k, v.view(n, self.num_kv_heads, self.head_dim), self.scaling)
             x = x + layer.o(attn.view(n, self.q_size))
-            gate, up = layer.gate_up(_rms_norm(x, layer.post_norm, eps_post)).chunk(2, dim=-1)
+            gate, up = layer.gate_up(_rms_norm(x, layer.post_norm, layer.post_eps)).chunk(2, dim=-1)
             x = x + layer.down(F.silu(gate) * up)
         return _rms_norm(x, self.final_norm, self.final_eps)
 
@@ -135,8 +134,9 @@ def _fuse(layer: torch.nn.Module, on_cpu: bool) -> _Layer:
     q, k, v = attn.q_proj, attn.k_proj, attn.v_proj
     qkv_wide = q.out_features + k.out_features + v.out_features > q.in_features
     gate_up_wide = mlp.gate_proj.out_features + mlp.up_proj.out_features > mlp.gate_proj.in_features
+    norm_in, norm_post = layer.input_layernorm, layer.post_attention_layernorm
     return _Layer(
-        layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
+        norm_in.weight, norm_in.variance_epsilon, norm_post.weight, norm_post.variance_epsilon,
         qkv=_share(attn, ("q_proj", "k_proj", "v_proj"), "weight", "bias", on_cpu and qkv_wide),
         o=_Linear(attn.o_proj.weight, attn.o_proj.bias, transposed=False),
         gate_up=_share(mlp, ("gate_proj", "up_proj"), "weight", None, on_cpu and gate_up_wide),
