@@ -87,6 +87,9 @@ def paged_attention(layer: int, query: torch.Tensor, key: torch.Tensor, value: t
         k = k_pool.index_select(0, ctx_slots).transpose(0, 1).unsqueeze(0)  # [1, kv_heads, ctx, head_dim]
         v = v_pool.index_select(0, ctx_slots).transpose(0, 1).unsqueeze(0)
         n_q, n_ctx = qe - qs, ctx_slots.numel()
+        if n_q == 1 and query.device.type == "cpu":
+            out[qs] = _decode_attention(query[qs], k[0], v[0], scaling)
+            continue
         mask, causal = None, False
         if n_q > 1 and n_q == n_ctx:
             causal = True
@@ -97,6 +100,19 @@ def paged_attention(layer: int, query: torch.Tensor, key: torch.Tensor, value: t
                                            enable_gqa=k.shape[1] != q.shape[1])
         out[qs:qe] = o[0].transpose(0, 1)
     return out
+
+
+def _decode_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None
+                      ) -> torch.Tensor:
+    """One query token over its context on CPU: [heads, d] x [kv_heads, ctx, d] -> [heads, d], the query heads of
+    a KV head batched as rows of one matmul. SDPA with enable_gqa repeats K/V per query head first: measured on
+    one thread, 2 KV heads x 4 query heads, d 64: 450 us at 3000 context tokens (this: 180), 25 us at 200 (21)."""
+    kv_heads, _, head_dim = key.shape
+    q = query.view(kv_heads, -1, head_dim)  # [kv_heads, group, d]
+    scale = scaling if scaling is not None else head_dim ** -0.5
+    scores = torch.bmm(q, key.transpose(1, 2)) * scale  # [kv_heads, group, ctx]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    return torch.bmm(probs, value).reshape(-1, head_dim)
 
 
 AttentionInterface.register(ATTN_IMPLEMENTATION, paged_attention_forward)
