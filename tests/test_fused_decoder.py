@@ -57,6 +57,35 @@ def test_fused_logits_match_hf_layers(tiny_model_path, tiny_qwen2_vl_path, which
     assert expected[0].std() > 0.1  # a degenerate model would pass any comparison
 
 
+@pytest.mark.parametrize("num_streams", [2, 3, 5])
+def test_batched_decode_matches_hf_layers(tiny_model_path, num_streams):
+    """Several sequences decoding in one forward: on CPU their projections run on the oneDNN-packed weights (two
+    rows padded to three), one row on MKL; the logits must still be HF's."""
+    ref, mine = load_model(tiny_model_path, "cpu", "float32"), load_model(tiny_model_path, "cpu", "float32")
+    hf = HFTextDecoder(_language_model(ref), ref.model.lm_head)
+    fused = FusedTextDecoder(_language_model(mine), mine.model.lm_head, on_cpu=True)
+    assert all(lin.packed is not None for lin in (fused.layers[0].qkv, fused.layers[0].down, fused.lm_head))
+    torch.manual_seed(num_streams)
+    hidden = _language_model(ref).config.hidden_size
+    lengths = [9 + 7 * i for i in range(num_streams)]
+    embeds = [torch.randn(n + 1, hidden) for n in lengths]
+    slots = [torch.arange(n + 1) + 64 * i for i, n in enumerate(lengths)]
+    logits = []
+    for decoder, cache in ((hf, _cache(_language_model(ref))), (fused, _cache(_language_model(mine)))):
+        for e, s, n in zip(embeds, slots, lengths, strict=True):  # each prompt on its own
+            meta = AttentionMetadata(s[:n], [0, n], [s[:n]])
+            with torch.inference_mode(), forward_context(cache, meta):
+                decoder(e[:n], torch.arange(n).expand(3, -1))
+        meta = AttentionMetadata(torch.stack([s[n] for s, n in zip(slots, lengths, strict=True)]),
+                                 list(range(num_streams + 1)), slots)
+        positions = torch.tensor(lengths).expand(3, -1)
+        with torch.inference_mode(), forward_context(cache, meta):
+            logits.append(decoder.logits(decoder(torch.stack([e[n] for e, n in zip(embeds, lengths, strict=True)]),
+                                                 positions)))
+    torch.testing.assert_close(logits[1], logits[0], rtol=1e-5, atol=1e-4)
+    assert logits[0].std() > 0.1
+
+
 def test_fused_weights_are_views_not_copies(tiny_model_path):
     loaded = load_model(tiny_model_path, "cpu", "float32")
     lm = _language_model(loaded)
