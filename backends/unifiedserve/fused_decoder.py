@@ -53,15 +53,12 @@ class _Linear:
         every product except one row through a transposed (wide) weight. Float32 only (bf16 was slower here)."""
         self.packed = _onednn_pack(self.weight.t() if self.transposed else self.weight)
 
-    def _packed(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.shape[0]
         if self.packed is not None and rows >= 2:
             if rows == 2:  # measured: two rows took as long as three on either library; padded to three, 17 % faster
-                return self._packed(F.pad(x, (0, 0, 0, 1)))[:2]
-            return self._packed(x.contiguous())
+                return _onednn_linear(F.pad(x, (0, 0, 0, 1)), self.packed, self.bias)[:2]
+            return _onednn_linear(x.contiguous(), self.packed, self.bias)
         if not self.transposed:
             return F.linear(x, self.weight, self.bias)
         return torch.addmm(self.bias, x, self.weight) if self.bias is not None else x @ self.weight
@@ -202,12 +199,15 @@ def _onednn_pack(weight: torch.Tensor) -> torch.Tensor | None:
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 16)
         x = torch.randn(3, weight.shape[1])
-        if torch.allclose(torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), F.linear(x, weight),
-                          rtol=1e-4, atol=1e-4):
+        if torch.allclose(_onednn_linear(x, packed, None), F.linear(x, weight), rtol=1e-4, atol=1e-4):
             return packed
     except (AttributeError, RuntimeError) as exc:
         log.warning("oneDNN packed weights unavailable (%s): MKL products only", exc)
     return None
+
+
+def _onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 def build_text_decoder(language_model: torch.nn.Module, lm_head: torch.nn.Module, fused: bool, on_cpu: bool
