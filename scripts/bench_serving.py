@@ -89,6 +89,9 @@ SYSTEMS = {s.name: s for s in (
     # Ablation: waiting work always fills each step up to the TPOT target (no pacing to the TTFT deadlines).
     System("ours-nopace", REPO / "model_repository", {"MLLM_ENGINE_TTFT_PACE_FRACTION": "0"},
            "FlashCodec + UnifiedServe, steps always filled to the TPOT target"),
+    # Ablation: every gap under the TPOT target x headroom (no banked slack spent on longer steps).
+    System("ours-gap1", REPO / "model_repository", {"MLLM_ENGINE_TPOT_MAX_GAP_FACTOR": "1"},
+           "FlashCodec + UnifiedServe, every step capped at the per-gap TPOT target"),
     # Ablation: FlashCodec's CPU decoders at the engine's OS priority (flashcodec/cpu_priority.py).
     System("ours-nonice", REPO / "model_repository", {"MLLM_FLASHCODEC_CPU_NICE": "0"},
            "FlashCodec + UnifiedServe, CPU decoders not niced below the engine"),

@@ -6,6 +6,8 @@ import math
 import random
 from types import SimpleNamespace
 
+import pytest
+
 from unifiedserve.config import EngineConfig
 from unifiedserve.cost_model import OnlineLinearFit, StepCostModel, StepStats, paced_share, step_budgets, step_target_s
 
@@ -101,7 +103,7 @@ def test_pacing_counts_the_batch_jump_into_a_lone_streams_fixed_part():
 
 
 def test_a_stream_that_used_its_slack_gets_short_steps():
-    cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=1.0)
+    cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=1.0, tpot_max_gap_factor=1.0)
     fresh = _decoders(1, 100, outputs=10, first_token_time=0.0)  # 10 gaps may take 500 ms, 100 ms used
     assert step_target_s(cfg, fresh, [], now=0.1) == (0.05, 0.05, 0.05)  # plenty of slack: per-gap target, boost
     late = _decoders(1, 100, outputs=10, first_token_time=0.0)  # 480 ms used: 20 ms left for this gap
@@ -116,6 +118,24 @@ def test_a_stream_that_used_its_slack_gets_short_steps():
     # Decode steps alone above the per-gap target: it could never catch up, so the forced unit stays.
     b = step_budgets(cfg, _cost(intercept=0.06), _decoders(1, 100, outputs=10, first_token_time=0.0), [], now=0.6)
     assert b.time_s == 0.0 and b.allow_forced
+
+
+def test_banked_slack_buys_longer_gaps_up_to_the_cap():
+    """The SLO is on a stream's mean TPOT: a stream that decoded fast banked slack, and one step may spend it,
+    up to tpot_max_gap_factor per-gap targets; the next steps are short again until the mean is back."""
+    cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=1.0, tpot_max_gap_factor=3.0)
+    fast = _decoders(1, 100, outputs=10, first_token_time=0.0)  # 10 gaps may take 500 ms, 100 ms used
+    target, boost, per_gap = step_target_s(cfg, fast, [], now=0.1)
+    assert abs(target - 0.15) < 1e-9 and boost == 0.0 and per_gap == 0.05  # capped at 3 x 50 ms
+    target, _, _ = step_target_s(cfg, fast, [], now=0.43)  # 70 ms banked: the slack, not the cap, bounds it
+    assert abs(target - 0.07) < 1e-9
+    target, _, _ = step_target_s(cfg, _decoders(1, 100), [], now=0.43)  # no token yet: nothing banked
+    assert target == 0.05
+    # Budgets follow: a lone stream's headroom grows from 50 to 150 ms minus its decode.
+    b = step_budgets(cfg, _cost(), fast, [], now=0.1)
+    assert abs(b.target_s - 0.15) < 1e-9 and abs(b.time_s - (0.15 - 0.0101)) < 1e-9
+    with pytest.raises(ValueError, match="tpot_max_gap_factor"):
+        EngineConfig(model_path="x", tpot_max_gap_factor=0.5)
 
 
 def test_the_slack_keeps_the_headroom_margin():

@@ -101,6 +101,7 @@ def make_trace(policy: str, seed: int, tpot_slo_ms: float = 0.0) -> Trace:
         max_model_len=rng.choice([80, 10**6]),
         tpot_slo_ms=tpot_slo_ms,
         min_prefill_chunk=rng.choice([1, 4, 16]),
+        tpot_max_gap_factor=(1.0, 3.0)[seed % 2],  # 1: the boosts are reachable; 3: long gaps paid by slack
     )
     pool_tokens = config.num_kv_blocks * block_size
     # Engine.make_request caps a request at the KV pool: it stops with "length" once it fills the pool.

@@ -14,8 +14,9 @@ price. Priced linearly, paced steps that added a few tokens to one stream ran 21
 Coefficients are refitted by least squares over a sliding window of measured steps (non-negative, with a prior
 until enough samples exist), so the budgets follow the real machine (the jump too, whatever it is on a GPU).
 
-The step's time target (`step_target_s`) comes from the running streams' TPOT SLOs: every gap stays under
-the tightest SLO x `tpot_headroom`, and a stream whose mean TPOT so far has used up its slack (a slow
+The step's time target (`step_target_s`) comes from the running streams' TPOT SLOs: every stream's mean TPOT
+stays under the tightest SLO x `tpot_headroom`; one gap may take up to `tpot_max_gap_factor` x that when the
+streams' faster gaps banked the slack, and a stream whose mean TPOT so far has used up its slack (a slow
 earlier step, a preemption) gets decode-only steps until it is back under its SLO. Decodes are planned
 first; what is left of the target is the time headroom that prefill chunks and encoder slices share, in
 urgency order (scheduler.py).
@@ -216,11 +217,11 @@ def step_target_s(config, decoders: Sequence, candidates: Sequence, now: float
     """(target, boost, per-gap target) for one step's time (policy `unified`), or None when no TPOT target
     applies.
 
-    With streams decoding: every gap stays under the tightest TPOT SLO x `tpot_headroom` (the per-gap target),
-    and never past a stream's slack: the time this step may take so that the mean TPOT of the stream's gaps
-    so far stays under its SLO x `tpot_headroom` (a stream that lost time to a slow step or a preemption gets
-    decode-only steps until it is back). The boost is what the slack allows beyond the target, up to twice the
-    per-gap target.
+    With streams decoding: the per-gap target is the tightest TPOT SLO x `tpot_headroom`; a step may take up to
+    `tpot_max_gap_factor` per-gap targets but never past a stream's slack: the time this step may take so that
+    the mean TPOT of the stream's gaps so far stays under its SLO x `tpot_headroom` (a stream that lost time to a
+    slow step or a preemption gets decode-only steps until it is back). The boost is what the slack allows
+    beyond the target, up to twice the per-gap target (or the gap cap, if larger).
     Without decoders: `max_idle_step_ms` (default 2 x the TPOT target), so that a request arriving during a
     long prefill or encoder step waits at most that long before the scheduler sees it.
     """
@@ -239,8 +240,13 @@ def step_target_s(config, decoders: Sequence, candidates: Sequence, now: float
                 # The mean is steered to SLO x headroom too: steered to the SLO itself, streams ended 0.5-1 %
                 # above it as the client measured them (serving benchmark, 2026-11-21).
                 slack = min(slack, slo * config.tpot_headroom * r.num_output_tokens - (now - first))
-        target = min(per_gap, slack)
-        return target, max(0.0, min(slack, 2.0 * per_gap) - max(target, 0.0)), per_gap
+            else:  # no gap measured yet: nothing banked
+                slack = min(slack, per_gap)
+        # One gap may run past the per-gap target up to tpot_max_gap_factor x it, paid from the slack: a few long
+        # steps with big prefill chunks, then decode-only steps that earn the slack back (the mean stays steered).
+        target = min(per_gap * config.tpot_max_gap_factor, slack)
+        ceiling = max(2.0 * per_gap, per_gap * config.tpot_max_gap_factor)
+        return target, max(0.0, min(slack, ceiling) - max(target, 0.0)), per_gap
     if config.max_idle_step_ms > 0:
         return config.max_idle_step_ms / 1000.0, 0.0, math.inf
     slos = [s for s in [config.tpot_slo_ms] + [r.tpot_slo_ms or 0.0 for r in candidates] if s > 0]
