@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     diff = max((a - b).abs().max().item() for a, b in zip(*logits.values(), strict=True))
     cases = {"decode step (1 token + LM head)": (args.context, n, 1, args.reps)}
     cases |= {f"decode step of {k} streams": (args.context, n, k, args.reps) for k in streams}
-    cases[f"prefill chunk ({args.chunk} tokens)"] = (args.context - args.chunk, args.context, 1, max(5, args.reps // 10))
+    chunk_reps = max(5, args.reps // 10)
+    cases[f"prefill chunk ({args.chunk} tokens)"] = (args.context - args.chunk, args.context, 1, chunk_reps)
     print(f"model {path.name}, {args.threads} thread(s), context {args.context}; max |logit diff| {diff:.2e}")
     for label, (lo, hi, num_seqs, reps) in cases.items():
         times: dict[str, list[float]] = {name: [] for name in decoders}
