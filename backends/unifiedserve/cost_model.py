@@ -244,9 +244,9 @@ def step_target_s(config, decoders: Sequence, candidates: Sequence, now: float
                 slack = min(slack, per_gap)
         # One gap may run past the per-gap target up to tpot_max_gap_factor x it, paid from the slack: a few long
         # steps with big prefill chunks, then decode-only steps that earn the slack back (the mean stays steered).
-        target = min(per_gap * config.tpot_max_gap_factor, slack)
-        ceiling = max(2.0 * per_gap, per_gap * config.tpot_max_gap_factor)
-        return target, max(0.0, min(slack, ceiling) - max(target, 0.0)), per_gap
+        gap_cap = per_gap * config.tpot_max_gap_factor
+        target = min(gap_cap, slack)
+        return target, max(0.0, min(slack, max(2.0 * per_gap, gap_cap)) - max(target, 0.0)), per_gap
     if config.max_idle_step_ms > 0:
         return config.max_idle_step_ms / 1000.0, 0.0, math.inf
     slos = [s for s in [config.tpot_slo_ms] + [r.tpot_slo_ms or 0.0 for r in candidates] if s > 0]
