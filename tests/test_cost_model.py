@@ -219,6 +219,22 @@ def test_waiting_work_is_paced_to_a_fraction_of_its_ttft_slo_not_to_the_tpot_tar
     assert step_budgets(cfg, cost, [], one, now=0.0).target_s == 0.1
 
 
+def test_a_pace_the_tpot_target_caps_leaves_the_risk_boost_to_work_at_risk():
+    """The pace lowers the step to what finishes the work by a fraction of its deadline; when that step would be
+    longer than the TPOT target allows, the steps stay at the target and the work is not on pace, so a request at
+    risk may still spend the risk boost (before, any share below 1 took it away)."""
+    cost = _cost()  # 10 ms per forward, 0.1 ms per decode row / prefill token
+    cfg = EngineConfig(model_path="x", tpot_slo_ms=20.0, tpot_headroom=1.0, ttft_pace_fraction=0.5,
+                       tpot_max_gap_factor=1.0)
+    stream = _decoders(1, 100, outputs=100, first_token_time=-1.0)  # 100 gaps in 1 s against 2 s: 1 s banked
+    # 1000 tokens (100 ms) due by 250 ms: 40 % of a step, 10.1 / 0.6 = 16.8 ms, within the 20 ms target: on pace.
+    b = step_budgets(cfg, cost, stream, [_prompt(1000, 500.0)], now=0.0)
+    assert b.target_s == pytest.approx(0.0101 / 0.6) and b.risk_boost_s == 0.0
+    # 1500 tokens need 60 %: 25.3 ms steps, capped at 20 ms; a quarter of the per-gap target for work at risk.
+    b = step_budgets(cfg, cost, stream, [_prompt(1500, 500.0)], now=0.0)
+    assert b.target_s == pytest.approx(0.02) and b.risk_boost_s == pytest.approx(0.005)
+
+
 def test_work_that_fits_after_the_streams_end_waits_for_them():
     cost = _cost()
     cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=1.0, ttft_pace_fraction=0.5)

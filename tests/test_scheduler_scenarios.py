@@ -139,6 +139,34 @@ def test_the_first_prefill_beside_a_lone_stream_pays_the_batch_jump(streams: int
         ("c", expected_tokens)]
 
 
+@pytest.mark.parametrize(("ttft_slo_ms", "expected_tokens"), [(55.0, 17), (200.0, 12)])
+def test_a_question_that_steps_like_this_one_would_finish_late_spends_the_risk_boost(
+        ttft_slo_ms: float, expected_tokens: int) -> None:
+    """At risk is counted in steps: each carries the headroom less the batch jump, and the first token comes when
+    the last one ends. 33 tokens at 12 tokens per 20 ms step take 3 steps, 60 ms: past a 55 ms deadline (work /
+    share alone, 33 ms / 0.75 = 44 ms, said on time and the question finished one step late), so the step spends
+    the risk boost (a quarter of the per-gap target, 5 ms, from the stream's banked slack)."""
+    cfg = EngineConfig(model_path="unused", tpot_slo_ms=20.0, tpot_headroom=1.0, tpot_max_gap_factor=1.0,
+                       ttft_pace_fraction=0.0, num_kv_blocks=100, block_size=4)
+    cost = StepCostModel()
+    cost.llm.w[:] = [0.004, 0.001, 0.001, 0.0, 0.0, 0.003]  # 4 ms per forward, 1 ms per row, 3 ms batch jump
+    s = Scheduler(cfg, BlockManager(cfg.num_kv_blocks, cfg.block_size), cost)
+    stream = _text_request("s", 3, max_tokens=100, arrival=0.0)
+    s.add(stream)
+    for i in range(21):  # its prompt, then 20 decodes 10 ms apart: 0.2 s of slack banked (20 gaps x 20 ms)
+        s.update_from_output(s.schedule(now=0.01 * i))
+        stream.output_token_ids.append(7)
+    stream.first_token_time = 0.0
+    question = _text_request("q", 33, arrival=0.2)
+    question.ttft_slo_ms = ttft_slo_ms
+    s.add(question)
+    out = s.schedule(now=0.2)
+    assert out.budgets.risk_boost_s == pytest.approx(0.005)
+    # 20 - 5 (decode) - 3 (jump) = 12 ms -> 12 tokens; at risk, + 5 ms -> 17 (a 200 ms deadline is not at risk)
+    assert [(x.request.request_id, x.num_tokens) for x in out.chunks if x.request.request_id == "q"] == [
+        ("q", expected_tokens)]
+
+
 @pytest.mark.parametrize("policy", ["unified", "blocking"])
 def test_unified_serves_a_request_that_can_still_make_its_deadline_before_a_late_one(policy: str) -> None:
     s = _scheduler(policy=policy, max_num_batched_tokens=8, num_kv_blocks=100, block_size=4)

@@ -265,13 +265,17 @@ def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Se
     target, boost, per_gap = planned
     decode_attention = sum(r.num_tokens for r in decoders) / 1000.0
     decode_s = cost.llm_s(len(decoders), 0, decode_attention)
-    unpaced, share = target, 1.0
+    unpaced, share, paced = target, 1.0, False
     if decoders and candidates and config.ttft_pace_fraction > 0:
         # A step of time T spends T - fixed on prefill/encoder work; that share must reach the pace.
         # A lone stream's step pays the batch jump as soon as any prefill joins it.
         fixed_s = decode_s + cost.burst_s + (cost.batch_jump_s if len(decoders) == 1 else 0.0)
         share = paced_share(cost, decoders, candidates, now, config.ttft_pace_fraction, fixed_s)
-        target = min(target, fixed_s / (1.0 - share)) if share < 1.0 else target
+        if share < 1.0:
+            # The pace holds only when the TPOT target leaves room for it; when it does not, the steps stay at
+            # the target and the work is not on pace (see risk_boost below).
+            paced = fixed_s / (1.0 - share) <= target
+            target = min(target, fixed_s / (1.0 - share))
     # Prefill work makes the forward run on the burst threads (when bursting): the headroom pays for that first.
     headroom = max(0.0, target - decode_s - cost.burst_s)
     tokens = len(decoders) + int(min(headroom / cost.prefill_token_s(0), config.max_num_batched_tokens))
@@ -285,7 +289,10 @@ def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Se
     # A request that would miss its TTFT deadline at the normal pace may spend part of the slack on any of its
     # work (encoder slices too), at most a quarter of a per-gap target more: a bounded longer gap now, not a late
     # request (half a target measured 94.9% SLO attainment but a 1.50x p99 gap ratio). Not while the work is
-    # paced: the pace already finishes it by a fraction of its deadline.
-    risk_boost = min(boost, 0.25 * per_gap) if math.isfinite(per_gap) and share >= 1.0 else 0.0
+    # on pace: the pace already finishes it by a fraction of its deadline. A pace the TPOT target caps is not:
+    # a 114-token question beside one stream needed 49 % of each step and got 30 % (~12 tokens per 11 ms
+    # step), reached its 140 ms deadline with 12 tokens to go, and was then demoted as late (step trace,
+    # 0.686 req/s).
+    risk_boost = min(boost, 0.25 * per_gap) if math.isfinite(per_gap) and not paced else 0.0
     return StepBudgets(min(tokens, config.max_num_batched_tokens), min(encoder, float(config.encoder_budget_tokens)),
                        headroom, target, boost, not no_forced, risk_boost)

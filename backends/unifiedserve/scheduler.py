@@ -6,6 +6,7 @@ then encoder slices and prefill chunks of requests in urgency order, under expli
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -152,7 +153,7 @@ class Scheduler:
                 continue
             if is_new and slots <= 0:
                 continue
-            if self._ttft_at_risk(req, budgets, now):
+            if self._ttft_at_risk(req, budgets, now, num_decodes):
                 spend.boost_for_risk()
             work = plan_encoder(req, spend.encoder_cap(req), self.policy.slices_encoder,
                                 allow_minimum=spend.may_force(out.encoder_work))
@@ -210,15 +211,20 @@ class Scheduler:
                     item.embeddings = None
 
     # ---- helpers ----------------------------------------------------------------------------
-    def _ttft_at_risk(self, req: Request, budgets: StepBudgets, now: float) -> bool:
-        """`req` can still make its TTFT deadline at full speed but not at the pace this step's headroom gives
-        (the share of each step left for prefill and encoder work)."""
+    def _ttft_at_risk(self, req: Request, budgets: StepBudgets, now: float, num_decodes: int) -> bool:
+        """`req` can still make its TTFT deadline at full speed but not in steps like this one: each carries the
+        step's headroom of its work, less the batch jump a lone stream's step pays once prefill joins it, and
+        its first token comes out when the step that finishes the work ends. (Work / headroom share alone, the
+        fixed costs left out, said "on time" to questions that then finished one step past their deadline.)"""
         if not budgets.risk_boost_s or req.first_token_time is not None or req.ttft_slo_ms is None:
             return False
         if self.policy.is_demoted(self.urgency(req)) or budgets.target_s <= 0:
             return False
-        pace = max(budgets.time_s / budgets.target_s, 0.05)
-        return now + self._min_time_to_first_token(req) / pace > ttft_deadline(req)
+        per_step = budgets.time_s - (self.cost.batch_jump_s if num_decodes == 1 else 0.0)
+        if per_step <= 0:
+            return True
+        steps = math.ceil(self._min_time_to_first_token(req) / per_step)
+        return now + steps * budgets.target_s > ttft_deadline(req)
 
     def _not_worth_a_forward(self, req: Request, limit: int, wanted: int, out: SchedulerOutput) -> bool:
         """A prefill chunk that stops at `req`'s encoder frontier, in a step that has no LLM forward yet and runs
