@@ -15,6 +15,7 @@ import triton_python_backend_utils as pb_utils
 
 from flashcodec import DecoderConfig, SamplingSpec, decode_video, get_engine
 from flashcodec.cpu_priority import lower_process_priority, resolve_cpu_nice
+from flashcodec.decode_slots import DecodeSlots
 from flashcodec.source import SourcePolicy, load_video_source
 from triton_adapters.engine_params import triton_parameters
 from triton_adapters.errors import to_triton_error
@@ -47,6 +48,8 @@ class TritonPythonModel:
             max_bytes=max_bytes,
         )
         self.require_text_input = (params.get("require_text_input") or "false").lower() == "true"
+        # Videos decoded at once across this model's instances (decode_slots.py: text passes a free instance).
+        self.slots = DecodeSlots.for_server(args["model_name"], int(_param(params, "max_concurrent_decodes", "0")))
 
     def execute(self, requests: list) -> list:
         return [self._one(request) for request in requests]
@@ -61,7 +64,9 @@ class TritonPythonModel:
                                      scalar(t, "video_url", str), self.source)
             if data is None:
                 return _outputs(np.zeros((0, 0, 0, 3), np.uint8), 0.0, "", np.zeros(0, np.float32))
-            decoded = decode_video(data, self._spec(t), self.decoder)
+            spec = self._spec(t)
+            with self.slots.hold():
+                decoded = decode_video(data, spec, self.decoder)
             key = f"{decoded.content_hash}:{decoded.frame_indices.tolist()}:{decoded.frames.shape[1:3]}"
             return _outputs(decoded.frames, decoded.sample_fps, key, decoded.timestamps_s.astype(np.float32))
         except Exception as exc:  # noqa: BLE001 - every failure becomes this request's error response
