@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 
 class DecodeSlots:
@@ -50,7 +51,7 @@ class DecodeSlots:
             fcntl.flock(slot, fcntl.LOCK_UN)
             slot.close()
 
-    def _acquire(self):
+    def _acquire(self) -> tuple[int, IO[str]]:
         with open(self.directory / "gate.lock", "a") as gate:
             fcntl.flock(gate, fcntl.LOCK_EX)  # released when the file closes
             while True:

@@ -274,8 +274,9 @@ def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Se
         if share < 1.0:
             # The pace holds only when the TPOT target leaves room for it; when it does not, the steps stay at
             # the target and the work is not on pace (see risk_boost below).
-            paced = fixed_s / (1.0 - share) <= target
-            target = min(target, fixed_s / (1.0 - share))
+            paced_target = fixed_s / (1.0 - share)
+            paced = paced_target <= target
+            target = min(target, paced_target)
     # Prefill work makes the forward run on the burst threads (when bursting): the headroom pays for that first.
     headroom = max(0.0, target - decode_s - cost.burst_s)
     tokens = len(decoders) + int(min(headroom / cost.prefill_token_s(0), config.max_num_batched_tokens))
