@@ -119,6 +119,26 @@ def test_pool_keeps_at_most_its_cap_and_skips_outputs_above_it() -> None:
     assert output_pool(0) is None and output_pool(1000) is output_pool(1000)
 
 
+def test_an_output_freed_while_the_pool_is_locked_does_not_deadlock() -> None:
+    """The garbage collector may run an output's finalizer on a thread that holds the pool's lock (inside
+    `_take`); giving the block back must not wait for that lock (a decoder thread once deadlocked on itself)."""
+    pool = OutputPool(max_free_bytes=10_000)
+    out = pool.empty((2, 10, 10, 3))
+    done = threading.Event()
+
+    def free_under_the_lock() -> None:
+        nonlocal out
+        with pool._lock:  # as `_take` holds it when a collection frees an output
+            del out  # its finalizer gives the block back here, on this thread
+            done.set()
+
+    worker = threading.Thread(target=free_under_the_lock, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert done.is_set(), "the finalizer waited for the lock its own thread holds"
+    assert pool.free_bytes == 600  # filed once the lock is free
+
+
 def test_sink_output_comes_from_the_pool() -> None:
     pool = OutputPool(max_free_bytes=2**20)
     sink = FrameSink([0, 1], None, pool)

@@ -12,6 +12,12 @@ array's base (every view and every tensor made from the array keeps it alive too
 of them is gone is the owner collected and its block given back, so memory a caller can still reach is
 never reused. At most ``max_free_bytes`` of idle blocks are kept (least recently returned dropped
 first); an output larger than that is a plain array.
+
+The give-back never takes the pool's lock: it is a finalizer, and the garbage collector may run it on a thread
+that already holds the lock (any allocation inside ``_take`` can start a collection that frees an output kept
+in a reference cycle, e.g. by an exception's traceback). It only appends the block to ``_returned`` (atomic); the
+blocks are filed under the lock by the next ``_take`` or ``free_bytes``. (With the lock in the finalizer, a
+decoder thread deadlocked on itself in the truncated-MP4 error test.)
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class OutputPool:
         self.max_free_bytes = max_free_bytes
         self._free: deque[np.ndarray] = deque()  # idle blocks, most recently returned last
         self._free_bytes = 0
+        self._returned: deque[np.ndarray] = deque()  # given back by finalizers, not filed yet (no lock)
         self._lock = threading.Lock()
 
     def empty(self, shape: tuple[int, ...]) -> np.ndarray:
@@ -55,11 +62,14 @@ class OutputPool:
 
     @property
     def free_bytes(self) -> int:
-        return self._free_bytes
+        with self._lock:
+            self._file_returned()
+            return self._free_bytes
 
     def _take(self, nbytes: int) -> np.ndarray | None:
         """The smallest idle block that fits, unless it wastes more than half of itself."""
         with self._lock:
+            self._file_returned()
             fits = [i for i, b in enumerate(self._free) if nbytes <= b.nbytes <= 2 * nbytes]
             if not fits:
                 return None
@@ -70,11 +80,16 @@ class OutputPool:
             return block
 
     def _give_back(self, block: np.ndarray) -> None:
-        with self._lock:
+        self._returned.append(block)  # a finalizer: no lock (see the module's docstring)
+
+    def _file_returned(self) -> None:
+        """Under the lock: the returned blocks become idle ones, the least recently returned dropped past the cap."""
+        while self._returned:
+            block = self._returned.popleft()
             self._free.append(block)
             self._free_bytes += block.nbytes
-            while self._free_bytes > self.max_free_bytes:
-                self._free_bytes -= self._free.popleft().nbytes
+        while self._free_bytes > self.max_free_bytes:
+            self._free_bytes -= self._free.popleft().nbytes
 
 
 _pools: dict[int, OutputPool] = {}
