@@ -199,3 +199,28 @@ def _cmdline(proc_dir: Path) -> str:
         return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_free_ports_are_distinct():
+    # One probe socket at a time can return the same port twice; CI saw gRPC and metrics share one.
+    for _ in range(50):
+        ports = launcher.free_ports(3)
+        assert len(set(ports)) == 3
+
+
+@pytest.mark.e2e
+def test_a_port_taken_before_the_server_binds_it_gets_new_ports(model_repo, tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as squatter:  # takes the port the server was given, as another process could
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        picks = iter([[taken, *launcher.free_ports(2)]])
+        real_free_ports = launcher.free_ports
+        monkeypatch.setattr(launcher, "free_ports", lambda n, host: next(picks, None) or real_free_ports(n, host))
+        model_repo = Path(shutil.copytree(model_repo, tmp_path / "race_repo"))
+        with start_tritonserver(model_repo) as server:
+            assert server.http_port != taken
+            assert server.is_ready()
+        assert "already in use" in server.log_path.read_text().lower()

@@ -35,6 +35,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 STUB_NAME = "triton_python_backend_stub"
 PORT_FLAGS = ("--http-port", "--grpc-port", "--metrics-port")
+PORT_RACE_RETRIES = 2
+# How tritonserver says it could not bind a port (HTTP, gRPC, and its own same-port check).
+PORT_IN_USE_SIGNS = ("already in use", "cannot listen to")
 
 
 class TritonServerError(RuntimeError):
@@ -175,10 +178,18 @@ def check_install(install: TritonInstall | None = None, cache_dir: Path | None =
     return missing
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct free ports.
+
+    All sockets stay bound until every port is picked: a port is free again the moment its probe
+    socket closes, so probing one at a time can hand the same port out twice (CI saw gRPC and
+    metrics both on one port, and tritonserver refused to start).
+    """
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 class TritonServerProcess:
@@ -194,21 +205,27 @@ class TritonServerProcess:
         if any(a.split("=", 1)[0] in PORT_FLAGS for a in extra_args):
             raise ValueError(f"pass ports as keyword arguments, not in extra_args: {PORT_FLAGS}")
         self.host = host
-        self.http_port = http_port or free_port(host)
-        self.grpc_port = grpc_port or free_port(host)
-        self.metrics_port = metrics_port or free_port(host)
+        self._given_ports = (http_port, grpc_port, metrics_port)
+        self._model_repository, self._extra_args, self._extra_env = model_repository, tuple(extra_args), env
+        self._pick_ports()
         self.ready_timeout_s = ready_timeout_s
         if log_path is None:
             fd, log_path = tempfile.mkstemp(prefix=f"tritonserver-{self.http_port}-", suffix=".log")
             os.close(fd)
         self.log_path = Path(log_path)
+        self._proc: subprocess.Popen | None = None
+        self._log_start = 0  # where this start's part of the log begins
+
+    def _pick_ports(self) -> None:
+        """Free ports where none was given, and the command line that uses them."""
+        spare = iter(free_ports(3, self.host))
+        self.http_port, self.grpc_port, self.metrics_port = (p or next(spare) for p in self._given_ports)
         ports = {"--http-port": self.http_port, "--grpc-port": self.grpc_port,
                  "--metrics-port": self.metrics_port}
-        addresses = [f"--{kind}-address={host}" for kind in ("http", "grpc", "metrics")]
+        addresses = [f"--{kind}-address={self.host}" for kind in ("http", "grpc", "metrics")]
         self.argv, self.env = build_command(
-            model_repository, [*(f"{k}={v}" for k, v in ports.items()), *addresses, *extra_args])
-        self.env.update(env or {})
-        self._proc: subprocess.Popen | None = None
+            self._model_repository, [*(f"{k}={v}" for k, v in ports.items()), *addresses, *self._extra_args])
+        self.env.update(self._extra_env or {})
 
     http_url = property(lambda self: f"http://{self.host}:{self.http_port}")
     http_address = property(lambda self: f"{self.host}:{self.http_port}")  # tritonclient.http's `url`
@@ -219,6 +236,7 @@ class TritonServerProcess:
     def start(self) -> TritonServerProcess:
         if self._proc is not None:
             raise TritonServerError("already started")
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             # Own session: a terminal's Ctrl-C goes to the test runner, which then stops us cleanly;
             # stop() can signal the whole group (server + Python stubs) as a last resort.
@@ -273,13 +291,33 @@ class TritonServerProcess:
         return proc.wait()
 
     def __enter__(self) -> Self:
-        self.start()
+        for attempt in range(PORT_RACE_RETRIES + 1):
+            self.start()
+            try:
+                self.wait_ready()
+                return self
+            except TritonServerError:
+                self.stop(timeout_s=5.0)
+                # A free port can be taken by another process between our probe and the server's
+                # bind; that is worth a new set of ports, not a failed run.
+                if attempt == PORT_RACE_RETRIES or all(self._given_ports) or not self._lost_a_port_race():
+                    raise
+                self._proc = None
+                self._pick_ports()
+            except BaseException:
+                self.stop(timeout_s=5.0)
+                raise
+        raise AssertionError("unreachable")
+
+    def _lost_a_port_race(self) -> bool:
+        """Whether this start's part of the log says a port was taken."""
         try:
-            self.wait_ready()
-        except BaseException:
-            self.stop(timeout_s=5.0)
-            raise
-        return self
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_start)
+                text = f.read().decode(errors="replace").lower()
+        except OSError:
+            return False
+        return any(sign in text for sign in PORT_IN_USE_SIGNS)
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
