@@ -17,9 +17,10 @@ TYPES = {
     "priority": "INT32", "seed": "INT64",
     "fps": "FP32", "start_time": "FP32", "end_time": "FP32",
     "temperature": "FP32", "top_p": "FP32", "ttft_slo_ms": "FP32", "tpot_slo_ms": "FP32",
-    "stream": "BOOL", "ignore_eos": "BOOL",
+    "stream": "BOOL", "ignore_eos": "BOOL", "arrival_monotonic_s": "FP64",
 }
-NP = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "BOOL": np.bool_}
+NP = {"BYTES": np.object_, "INT32": np.int32, "INT64": np.int64, "FP32": np.float32, "FP64": np.float64,
+      "BOOL": np.bool_}
 
 
 def grpc_inputs(fields: dict) -> list[grpcclient.InferInput]:

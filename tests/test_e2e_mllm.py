@@ -257,6 +257,20 @@ def test_scheduling_hints_reach_the_engine_through_the_ensemble(mllm_server, cli
                                            "priority": 1}, parameters={"ttft_slo_ms": 2000.0, "tpot_slo_ms": 100.0}))
 
 
+def test_ttft_counts_from_when_the_request_entered_the_pipeline(mllm_server):
+    """unifiedserve's TTFT clock starts at `arrival_monotonic_s` (in the ensemble: when flashcodec received the
+    request, so decoding counts against the TTFT SLO as the client sees it). A request that entered 5 s ago
+    shows a TTFT of at least 5 s in the engine's metric."""
+    name = "unifiedserve_time_to_first_token_seconds_sum"
+    before = _metric(mllm_server, name)
+    fields = {"text_input": QUESTION, "max_tokens": 2, "arrival_monotonic_s": time.monotonic() - 5.0}
+    _ok(grpc_stream(mllm_server.grpc_url, fields, model="unifiedserve"))
+    deadline = time.time() + 30
+    while _metric(mllm_server, name) - before < 5.0 and time.time() < deadline:
+        time.sleep(0.05)  # observed after the final response is sent
+    assert _metric(mllm_server, name) - before >= 5.0
+
+
 def _stub_thread_nices(server_pid: int) -> dict[str, list[int]]:
     """Nice value of every thread of each Python-backend stub under the server, by model name."""
     import os

@@ -4,6 +4,7 @@ on, raised before the engine holds any state for it, and a good request still wo
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -147,4 +148,22 @@ def test_request_that_outgrows_the_kv_pool_stops_with_length(tiny_model_path) ->
     assert req.finish_reason == "length" and req.num_tokens == 64
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
     [out] = engine.generate([GenerationInput(text="hi")], SamplingParams(max_tokens=3))
+    assert out.finish_reason in ("stop", "length")
+
+
+def test_a_pipeline_arrival_sets_the_ttft_clock_and_a_bad_one_is_ignored(engine) -> None:
+    """make_request(arrival_time=) is when the request entered the serving pipeline (flashcodec in the ensemble):
+    the TTFT deadline counts from it. A clock that cannot be this host's (future, ancient, NaN) is ignored."""
+    from unifiedserve.policy import ttft_deadline
+
+    params = SamplingParams(max_tokens=2)
+    before = time.monotonic()
+    req = engine.make_request("arrived-earlier", GenerationInput(text="hi"), params, ttft_slo_ms=100.0,
+                              arrival_time=before - 2.0)
+    assert req.arrival_time == before - 2.0
+    assert ttft_deadline(req) == pytest.approx(before - 1.9)
+    for bad in (before + 60.0, before - 10_000.0, math.nan, math.inf, None):
+        req = engine.make_request("bad-clock", GenerationInput(text="hi"), params, arrival_time=bad)
+        assert before <= req.arrival_time <= time.monotonic()
+    out = engine.generate([GenerationInput(text="hi")], params)[0]
     assert out.finish_reason in ("stop", "length")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -55,6 +56,8 @@ class TritonPythonModel:
         return [self._one(request) for request in requests]
 
     def _one(self, request):
+        # When the request entered the pipeline: unifiedserve counts its TTFT SLO from here, decoding included.
+        arrival = time.monotonic()
         try:
             t = {n: x.as_numpy() for n in INPUTS if (x := pb_utils.get_input_tensor_by_name(request, n)) is not None}
             if self.require_text_input and scalar(t, "text_input", str) is None:
@@ -63,12 +66,12 @@ class TritonPythonModel:
             data = load_video_source(raw.reshape(-1)[0] if raw is not None and raw.size else None,
                                      scalar(t, "video_url", str), self.source)
             if data is None:
-                return _outputs(np.zeros((0, 0, 0, 3), np.uint8), 0.0, "", np.zeros(0, np.float32))
+                return _outputs(np.zeros((0, 0, 0, 3), np.uint8), 0.0, "", np.zeros(0, np.float32), arrival)
             spec = self._spec(t)
             with self.slots.hold():
                 decoded = decode_video(data, spec, self.decoder)
             key = f"{decoded.content_hash}:{decoded.frame_indices.tolist()}:{decoded.frames.shape[1:3]}"
-            return _outputs(decoded.frames, decoded.sample_fps, key, decoded.timestamps_s.astype(np.float32))
+            return _outputs(decoded.frames, decoded.sample_fps, key, decoded.timestamps_s.astype(np.float32), arrival)
         except Exception as exc:  # noqa: BLE001 - every failure becomes this request's error response
             return pb_utils.InferenceResponse(error=to_triton_error(exc))
 
@@ -122,10 +125,11 @@ def _frames_tensor(frames):
     return pb_utils.Tensor.from_dlpack("frames", to_dlpack(frames.contiguous()))
 
 
-def _outputs(frames, sample_fps: float, key: str, timestamps: np.ndarray):
+def _outputs(frames, sample_fps: float, key: str, timestamps: np.ndarray, arrival_s: float):
     return pb_utils.InferenceResponse(output_tensors=[
         _frames_tensor(frames),
         pb_utils.Tensor("sample_fps", np.array([sample_fps], dtype=np.float32)),
         pb_utils.Tensor("video_key", np.array([key.encode()], dtype=np.object_)),
         pb_utils.Tensor("frame_timestamps", timestamps),
+        pb_utils.Tensor("arrival_monotonic_s", np.array([arrival_s], dtype=np.float64)),
     ])

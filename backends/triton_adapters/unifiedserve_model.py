@@ -11,6 +11,7 @@ import itertools
 import json
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,13 +22,15 @@ from triton_adapters.errors import cancelled_error, to_triton_error
 from triton_adapters.metrics import UnifiedServeMetrics
 from triton_adapters.request_fields import parse_generate_request, scalar
 from unifiedserve import Engine, GenerationInput, VideoInput
+from unifiedserve.engine import pipeline_arrival
 from unifiedserve.engine_loop import EngineLoop
 from unifiedserve.outputs import RequestOutput
 
 # Read by the python backend itself, not the engine (config.pbtxt sets FORCE_CPU_ONLY_INPUT_TENSORS "no").
 PYTHON_BACKEND_KEYS = ("FORCE_CPU_ONLY_INPUT_TENSORS", "EXECUTION_ENV_PATH")
 TENSOR_INPUTS = ("text_input", "frames", "sample_fps", "video_key", "max_tokens", "temperature", "top_p", "top_k",
-                 "seed", "stop", "stream", "ignore_eos", "priority", "ttft_slo_ms", "tpot_slo_ms")
+                 "seed", "stop", "stream", "ignore_eos", "priority", "ttft_slo_ms", "tpot_slo_ms",
+                 "arrival_monotonic_s")
 CANCEL_POLL_S = 0.1
 
 
@@ -83,6 +86,7 @@ class TritonPythonModel:
 
     # ------------------------------------------------------------------------------------------
     def _submit(self, request) -> None:
+        received = time.monotonic()
         sender = request.get_response_sender()
         request_id = f"{request.request_id() or 'req'}-{next(self._ids)}"
         try:
@@ -96,7 +100,8 @@ class TritonPythonModel:
                                      scalar(tensors, "video_key", str)),)
             engine_request = self.engine.make_request(
                 request_id, GenerationInput(text=parsed.text, videos=videos), parsed.sampling,
-                parsed.priority, parsed.ttft_slo_ms, parsed.tpot_slo_ms)
+                parsed.priority, parsed.ttft_slo_ms, parsed.tpot_slo_ms,
+                arrival_time=pipeline_arrival(scalar(tensors, "arrival_monotonic_s", float), received))
             state = InFlight(request_id, request, sender, parsed.stream)
             with self._lock:
                 self._in_flight[request_id] = state

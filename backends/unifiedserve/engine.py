@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import math
 import time
 from collections.abc import Sequence
 
@@ -58,8 +59,13 @@ class Engine:
 
     # ---- admission (make_request is thread-safe; add/abort belong to the engine thread) -------
     def make_request(self, request_id: str, gen_input: GenerationInput, params: SamplingParams,
-                     priority: int = 0, ttft_slo_ms: float | None = None, tpot_slo_ms: float | None = None) -> Request:
+                     priority: int = 0, ttft_slo_ms: float | None = None, tpot_slo_ms: float | None = None,
+                     arrival_time: float | None = None) -> Request:
+        """A validated request; `arrival_time` (time.monotonic(), same host) is when the request entered the
+        serving pipeline, if earlier than now: the TTFT SLO counts from there, decoding and preprocessing
+        included, as the client measures it."""
         req = self.processor.process(request_id, gen_input, params, priority, ttft_slo_ms, tpot_slo_ms)
+        req.arrival_time = pipeline_arrival(arrival_time, req.arrival_time)
         kv_capacity = self.blocks.num_blocks * self.blocks.block_size
         if not self.blocks.fits_ever(req.num_prompt_tokens + 1):
             raise InvalidRequestError(
@@ -178,3 +184,15 @@ class Engine:
                              r.first_token_time, r.finish_time)
             for r in reqs
         ]
+
+
+# An arrival older than this is a wrong clock (another host's monotonic time), not a slow pipeline.
+MAX_PIPELINE_DELAY_S = 600.0
+
+
+def pipeline_arrival(arrival_time: float | None, now: float) -> float:
+    """The request's arrival: `arrival_time` when it is a plausible earlier moment on this host's monotonic
+    clock, else `now`."""
+    if arrival_time is None or not math.isfinite(arrival_time) or not now - MAX_PIPELINE_DELAY_S <= arrival_time:
+        return now
+    return min(arrival_time, now)
