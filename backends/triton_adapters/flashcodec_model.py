@@ -23,6 +23,7 @@ from triton_adapters.errors import to_triton_error
 from triton_adapters.request_fields import scalar
 from unifiedserve.config import default_model_path
 from unifiedserve.errors import InvalidRequestError
+from unifiedserve.gc_heap import freeze_startup_heap
 from unifiedserve.vision import load_vision_spec
 
 INPUTS = ("text_input", "video_bytes", "video_url", "num_frames", "fps", "max_frames", "start_time", "end_time",
@@ -51,6 +52,7 @@ class TritonPythonModel:
         self.require_text_input = (params.get("require_text_input") or "false").lower() == "true"
         # Videos decoded at once across this model's instances (decode_slots.py: text passes a free instance).
         self.slots = DecodeSlots.for_server(args["model_name"], int(_param(params, "max_concurrent_decodes", "0")))
+        freeze_startup_heap()  # unifiedserve/gc_heap.py: full GC passes over the imported libraries add latency
 
     def execute(self, requests: list) -> list:
         return [self._one(request) for request in requests]

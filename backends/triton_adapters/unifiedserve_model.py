@@ -24,6 +24,7 @@ from triton_adapters.request_fields import parse_generate_request, scalar
 from unifiedserve import Engine, GenerationInput, VideoInput
 from unifiedserve.engine import pipeline_arrival
 from unifiedserve.engine_loop import EngineLoop
+from unifiedserve.gc_heap import freeze_startup_heap
 from unifiedserve.outputs import RequestOutput
 
 # Read by the python backend itself, not the engine (config.pbtxt sets FORCE_CPU_ONLY_INPUT_TENSORS "no").
@@ -70,6 +71,8 @@ class TritonPythonModel:
                          threading.Thread(target=self._cancel_watch, daemon=True, name="cancel-watch")]
         for t in self._threads:
             t.start()
+        frozen = freeze_startup_heap()  # full GC passes over the loaded model paused steps by ~100-180 ms
+        self.logger.log_info(f"unifiedserve: {frozen} start-up objects exempt from garbage collection")
 
     def execute(self, requests: list) -> None:
         for request in requests:
