@@ -22,7 +22,6 @@ from triton_adapters.errors import cancelled_error, to_triton_error
 from triton_adapters.metrics import UnifiedServeMetrics
 from triton_adapters.request_fields import parse_generate_request, scalar
 from unifiedserve import Engine, GenerationInput, VideoInput
-from unifiedserve.engine import pipeline_arrival
 from unifiedserve.engine_loop import EngineLoop
 from unifiedserve.gc_heap import freeze_startup_heap
 from unifiedserve.outputs import RequestOutput
@@ -104,7 +103,7 @@ class TritonPythonModel:
             engine_request = self.engine.make_request(
                 request_id, GenerationInput(text=parsed.text, videos=videos), parsed.sampling,
                 parsed.priority, parsed.ttft_slo_ms, parsed.tpot_slo_ms,
-                arrival_time=pipeline_arrival(scalar(tensors, "arrival_monotonic_s", float), received))
+                arrival_time=scalar(tensors, "arrival_monotonic_s", float, received))  # the engine checks it
             state = InFlight(request_id, request, sender, parsed.stream)
             with self._lock:
                 self._in_flight[request_id] = state
