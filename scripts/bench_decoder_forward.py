@@ -1,7 +1,7 @@
 """One LLM forward of the engine, HF's text layers vs the fused decoder, side by side in one process.
 
     .venv/bin/python scripts/bench_decoder_forward.py [--model-preset small|tiny | --model PATH] [--threads 1]
-        [--context 200] [--chunk 64] [--streams 2,4] [--reps 100]
+        [--context 200] [--chunk 64] [--streams 2,4] [--reps 100] [--dtype float32|bfloat16]
 
 Both decoders run over the same paged KV cache and metadata the engine builds (prompts of `--context` tokens
 already cached), on two copies of the same checkpoint: a decode step (one token + the LM head), a decode step of
@@ -40,10 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--streams", default="2,4", help="comma-separated stream counts of batched decode steps")
     ap.add_argument("--reps", type=int, default=100)
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="weights, activations and KV cache (bfloat16: what a bf16 checkpoint runs in)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     path = model_path(args)
-    ref, mine = load_model(str(path), "cpu", "float32"), load_model(str(path), "cpu", "float32")
+    dtype = getattr(torch, args.dtype)
+    ref, mine = load_model(str(path), "cpu", args.dtype), load_model(str(path), "cpu", args.dtype)
     decoders = {
         "hf-layers": HFTextDecoder(ref.model.model.language_model, ref.model.lm_head),
         "fused": FusedTextDecoder(mine.model.model.language_model, mine.model.lm_head, on_cpu=True),
@@ -55,9 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     most = max([1, *streams])
     blocks = most * (-(-n // 16) + 1)
     caches = {name: PagedKVCache(config.num_hidden_layers, blocks, 16, config.num_key_value_heads, head_dim,
-                                 torch.float32, torch.device("cpu")) for name in decoders}
+                                 dtype, torch.device("cpu")) for name in decoders}
     torch.manual_seed(0)
-    embeds = torch.randn(n, config.hidden_size)
+    embeds = torch.randn(n, config.hidden_size, dtype=dtype)
     positions = torch.arange(n).expand(3, -1)
     seq_slots = [torch.arange(n) + i * (blocks // most) * 16 for i in range(most)]  # each sequence its own blocks
 
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     cases |= {f"decode step of {k} streams": (args.context, n, k, args.reps) for k in streams}
     chunk_reps = max(5, args.reps // 10)
     cases[f"prefill chunk ({args.chunk} tokens)"] = (args.context - args.chunk, args.context, 1, chunk_reps)
-    print(f"model {path.name}, {args.threads} thread(s), context {args.context}; max |logit diff| {diff:.2e}")
+    print(f"model {path.name} ({args.dtype}), {args.threads} thread(s), context {args.context}; "
+          f"max |logit diff| {diff:.2e}")
     for label, (lo, hi, num_seqs, reps) in cases.items():
         times: dict[str, list[float]] = {name: [] for name in decoders}
         for _ in range(5):

@@ -2,7 +2,8 @@
 """Serving benchmark through tritonserver: goodput under TTFT/TPOT SLOs, ours vs the stacks users run today.
 
     .venv/bin/python scripts/bench_serving.py [--quick] [--out bench_out/serving]
-        [--systems ours,ours-blocking,ours-fulldecode,naive] [--model-preset small|tiny | --model PATH]
+        [--systems ours,ours-blocking,ours-fulldecode,naive,naive-fp32] [--model-preset small|tiny | --model PATH]
+        [--model-dtype bfloat16|float32]
         [--rates auto | 0.5,1,2] [--duration S] [--ttft-slo-scale 5] [--tpot-slo-scale 1.5] [--seed 0]
         [--replot DIR | --extend DIR]                            (all flags: --help; report: docs/benchmarks.md)
 
@@ -12,7 +13,8 @@ Systems (each served by its own tritonserver, started in turn on this machine, s
   ours-blocking    the same with policy=blocking: a video's whole encoder pass runs inside one step (vLLM-like)
   ours-fulldecode  the same with FlashCodec swapped for a sequential full decode (engine pyav_full, vLLM's loaders)
   naive            baselines/model_repository_naive/: full decode -> vision encoder with Triton dynamic_batching ->
-                   HF generate() per batch with a streamer (the stock Triton stack)
+                   HF generate() per batch with a streamer (the stock Triton stack), in the checkpoint's dtype
+  naive-fp32       the same stack loading the checkpoint in float32 (its faster choice for bf16 on a CPU)
 The encoder output cache and the decoder's index cache are off everywhere: every request pays its own work.
 
 Phase 1, for each system in turn: start its server, warm up, measure unloaded latencies per request class (text;
@@ -98,8 +100,15 @@ SYSTEMS = {s.name: s for s in (
     # Ablation: HF's own text layers instead of the fused decoder (unifiedserve/fused_decoder.py).
     System("ours-hflayers", REPO / "model_repository", {"MLLM_ENGINE_FUSED_DECODER": "0"},
            "FlashCodec + UnifiedServe on HF's text layers (no fused q/k/v, gate/up, CPU weight layout)"),
+    # Ablation: the engine in float32 whatever the checkpoint's dtype (the precision's share of a bf16 run's gain).
+    System("ours-fp32", REPO / "model_repository", {"MLLM_ENGINE_DTYPE": "float32"},
+           "FlashCodec + UnifiedServe computing in float32"),
     System("naive", REPO / "baselines" / "model_repository_naive", {},
            "stock Triton: full decode -> vision encoder (dynamic_batching) -> HF generate() per batch"),
+    # The same stack told to load float32: on a CPU, HF's bf16 attention is slower than its float32 one, so this is
+    # the naive stack's faster choice for a bf16 checkpoint (equal to `naive` for a float32 one).
+    System("naive-fp32", REPO / "baselines" / "model_repository_naive", {"MLLM_NAIVE_DTYPE": "float32"},
+           "stock Triton stack as `naive`, loading the checkpoint in float32"),
 )}
 
 
@@ -108,12 +117,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="10 s traces at 3 rates, no probing below them, 1 calibration rep (< 10 min)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--systems", default="ours,ours-blocking,ours-fulldecode,naive",
+    ap.add_argument("--systems", default="ours,ours-blocking,ours-fulldecode,naive,naive-fp32",
                     help=f"comma-separated, first one sets the rate grid; known: {', '.join(SYSTEMS)}")
     ap.add_argument("--url", help="benchmark a tritonserver already running at this gRPC host:port instead of "
                     "starting --systems (one system named 'external'; its caches stay as configured)")
     ap.add_argument("--model-preset", choices=sorted(MODEL_DIRS), default="small")
     ap.add_argument("--model", type=Path, help="checkpoint folder (overrides --model-preset)")
+    ap.add_argument("--model-dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                    help="dtype of the generated --model-preset checkpoint (real Qwen2.5-VL ones ship in bf16); each "
+                    "system loads it as it would any checkpoint (ours: bf16 where the CPU has native bf16)")
     ap.add_argument("--video-dir", type=Path, default=REPO / "artifacts" / "videos")
     ap.add_argument("--long-video", action=argparse.BooleanOptionalAction, default=None,
                     help="include the 60 s 720p class (encoded on first use; default: on, off with --quick)")
@@ -157,10 +169,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def model_path(args: argparse.Namespace) -> Path:
     if args.model:
         return args.model.resolve()
-    path = REPO / "artifacts" / "models" / MODEL_DIRS[args.model_preset]
+    dtype = getattr(args, "model_dtype", "float32")
+    path = REPO / "artifacts" / "models" / (MODEL_DIRS[args.model_preset] + ("-bf16" if dtype == "bfloat16" else ""))
     import make_tiny_model  # idempotent: cheap when the folder is complete and current
 
-    make_tiny_model.main(["--out", str(path), "--preset", args.model_preset])
+    make_tiny_model.main(["--out", str(path), "--preset", args.model_preset, "--dtype", dtype])
     return path
 
 

@@ -77,3 +77,20 @@ def test_corrupt_video_is_an_error_and_the_server_keeps_serving(naive_server):
 def test_bad_sampling_value_is_an_error(naive_server):
     result = grpc_stream(naive_server.grpc_url, {"text_input": "Hi", "max_tokens": 4, "top_p": 0.0})
     assert result.error is not None and "top_p" in str(result.error)
+
+
+def test_the_checkpoint_dtype_is_auto_unless_a_parameter_or_the_environment_names_one(monkeypatch):
+    import sys
+
+    sys.path.insert(0, str(REPO / "baselines"))
+    from naive_stack.checkpoint import checkpoint_dtype
+
+    monkeypatch.delenv("MLLM_NAIVE_DTYPE", raising=False)
+    assert checkpoint_dtype({}) == "auto"
+    assert checkpoint_dtype({"dtype": ""}) == "auto"  # an empty Triton parameter is the default
+    assert checkpoint_dtype({"dtype": "bfloat16"}) == "bfloat16"
+    monkeypatch.setenv("MLLM_NAIVE_DTYPE", "float32")
+    assert checkpoint_dtype({"dtype": "bfloat16"}) == "float32"
+    monkeypatch.setenv("MLLM_NAIVE_DTYPE", "fp8")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        checkpoint_dtype({})

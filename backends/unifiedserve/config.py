@@ -14,7 +14,7 @@ POLICIES = ("unified", "blocking", "fcfs")
 @dataclass(frozen=True)
 class EngineConfig:
     model_path: str
-    dtype: str = "auto"  # "auto": bfloat16 on GPU, float32 on CPU
+    dtype: str = "auto"  # "auto": bfloat16 on GPU; on CPU a bf16 checkpoint's bf16 where native, else float32
     device: str = "auto"  # "auto": cuda if available, else cpu
     seed: int = 0
 

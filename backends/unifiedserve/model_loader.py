@@ -35,10 +35,29 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+def resolve_dtype(name: str, device: torch.device, checkpoint_dtype: torch.dtype | None = None) -> torch.dtype:
+    """"auto": bfloat16 on a GPU (as vLLM serves a float32 checkpoint in half precision); on CPU the checkpoint's
+    own bfloat16 where the CPU computes bf16 natively (AVX512-BF16 / AMX: half the bytes a decode step reads), else
+    float32 (a float16 checkpoint, or bf16 that would be emulated)."""
+    if name != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    if device.type == "cuda":
+        return torch.bfloat16
+    if checkpoint_dtype == torch.bfloat16 and cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def cpu_has_native_bf16() -> bool:
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def checkpoint_dtype(config) -> torch.dtype | None:
+    """The dtype the checkpoint's config.json names (`dtype`, or `torch_dtype` before transformers 4.56)."""
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(value, str):
+        value = getattr(torch, value, None)
+    return value if isinstance(value, torch.dtype) else None
 
 
 def load_model(model_path: str, device_name: str = "auto", dtype_name: str = "auto") -> LoadedModel:
@@ -53,7 +72,7 @@ def load_model(model_path: str, device_name: str = "auto", dtype_name: str = "au
 
     cls = getattr(transformers, SUPPORTED[config.model_type])
     device = resolve_device(device_name)
-    dtype = resolve_dtype(dtype_name, device)
+    dtype = resolve_dtype(dtype_name, device, checkpoint_dtype(config))
     model = cls.from_pretrained(model_path, dtype=dtype)
     # The LLM's attention reads/writes our paged cache; the vision tower keeps plain SDPA.
     model.set_attn_implementation({"text_config": ATTN_IMPLEMENTATION, "vision_config": "sdpa"})

@@ -8,7 +8,6 @@ sends each request's text deltas to its own response sender (stream=true) or one
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import torch
@@ -16,12 +15,12 @@ import triton_python_backend_utils as pb_utils
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 from naive_stack.batch_generate import BatchItem, generate_batch
+from naive_stack.checkpoint import checkpoint_dtype, checkpoint_path
 from naive_stack.prompt import prompt_token_ids
 from naive_stack.streamer import BatchStreamer, RowState
 from triton_adapters.engine_params import triton_parameters
 from triton_adapters.errors import to_triton_error
 from triton_adapters.request_fields import parse_generate_request
-from unifiedserve.config import default_model_path
 from unifiedserve.detokenizer import IncrementalDetokenizer
 from unifiedserve.errors import InvalidRequestError
 
@@ -34,9 +33,10 @@ class TritonPythonModel:
         if not pb_utils.using_decoupled_model_transaction_policy(model_config):
             raise pb_utils.TritonModelException("llm must be decoupled (model_transaction_policy)")
         params = triton_parameters(model_config)
-        path = os.environ.get("MLLM_MODEL_PATH") or params.get("model_path") or default_model_path()
+        path = checkpoint_path(params)
         self.default_max_tokens = int(params.get("default_max_tokens") or 128)
-        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+        dtype = checkpoint_dtype(params)
+        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         gen = self.model.generation_config
         eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
@@ -44,7 +44,7 @@ class TritonPythonModel:
         self.pad_id = int(gen.pad_token_id if gen.pad_token_id is not None else self.eos_ids[0])
         self.video_token_id = int(self.model.config.video_token_id)
         self.max_model_len = int(self.model.config.text_config.max_position_embeddings)
-        pb_utils.Logger.log_info(f"llm: HF generate() over static batches of {path}")
+        pb_utils.Logger.log_info(f"llm: HF generate() over static batches of {path} ({self.model.dtype})")
 
     def execute(self, requests: list) -> None:
         items, rows = [], []

@@ -9,16 +9,15 @@ merged output is split back per request. Zero frames (a text-only request) -> em
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 from transformers import Qwen2_5_VLForConditionalGeneration
 
+from naive_stack.checkpoint import checkpoint_dtype, checkpoint_path
 from triton_adapters.engine_params import triton_parameters
 from triton_adapters.errors import to_triton_error
-from unifiedserve.config import default_model_path
 from unifiedserve.errors import InvalidRequestError
 from unifiedserve.vision import as_uint8_tensor, load_vision_spec, patchify_frames
 
@@ -26,12 +25,12 @@ from unifiedserve.vision import as_uint8_tensor, load_vision_spec, patchify_fram
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         params = triton_parameters(json.loads(args["model_config"]))
-        model_path = os.environ.get("MLLM_MODEL_PATH") or params.get("model_path") or default_model_path()
+        model_path = checkpoint_path(params)
         self.spec = load_vision_spec(model_path)
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=torch.float32)
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path, dtype=checkpoint_dtype(params))
         self.visual = model.model.visual.eval()  # the LLM half is dropped with `model`
         self.hidden = int(model.config.text_config.hidden_size)
-        pb_utils.Logger.log_info(f"vision_encoder: HF vision tower of {model_path}")
+        pb_utils.Logger.log_info(f"vision_encoder: HF vision tower of {model_path} ({model.dtype})")
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
