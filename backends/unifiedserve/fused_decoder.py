@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from unifiedserve.model_loader import cpu_has_native_bf16
 from unifiedserve.paged_attention import paged_attention
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ def _onednn_pack(weight: torch.Tensor) -> torch.Tensor | None:
     (checked on one product against F.linear)."""
     if weight.dtype not in _PACK_TOLERANCE or not torch.backends.mkldnn.is_available():
         return None
-    if weight.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if weight.dtype == torch.bfloat16 and not cpu_has_native_bf16():
         return None  # no native bf16 on this CPU: oneDNN would emulate it, slower than MKL's path
     try:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), 16)
