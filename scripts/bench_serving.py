@@ -7,7 +7,7 @@
         [--rates auto | 0.5,1,2] [--duration S] [--ttft-slo-scale 5] [--tpot-slo-scale 1.5] [--seed 0]
         [--replot DIR | --extend DIR]                            (all flags: --help; report: docs/benchmarks.md)
 
-Systems (each served by its own tritonserver, started in turn on this machine, same model and videos):
+Systems (each served by its own tritonserver, all started at once on this machine, same model and videos):
   ours             model_repository/: FlashCodec (GOP-parallel decode of the sampled frames) -> UnifiedServe (unified
                    policy: encoder work time-sliced around decode steps, SLO-aware)
   ours-blocking    the same with policy=blocking: a video's whole encoder pass runs inside one step (vLLM-like)
@@ -17,19 +17,20 @@ Systems (each served by its own tritonserver, started in turn on this machine, s
   naive-fp32       the same stack loading the checkpoint in float32 (its faster choice for bf16 on a CPU)
 The encoder output cache and the decoder's index cache are off everywhere: every request pays its own work.
 
-Phase 1, for each system in turn: start its server, warm up, measure unloaded latencies per request class (text;
-each video at its sampling) one request at a time, and TPOT with `typical_batch` text streams at once; stop it.
+Phase 1, interleaved (each repetition on every system in turn): warm up, measure unloaded latencies per request class
+(text; each video at its sampling) one request at a time, and TPOT with `typical_batch` text streams at once.
 SLOs, one set for everyone (stated in the output): TTFT per class = ttft_slo_scale x the fastest system's unloaded
 TTFT of that class; TPOT = tpot_slo_scale x the fastest unloaded TPOT at the typical batch. Every request carries
 them as the ttft_slo_ms / tpot_slo_ms hints (only ours plans with them) and every system is judged by them.
-Phase 2, for each system: start it again, warm up, replay seeded Poisson traces (the same requests at the same times
-for every system: videos of 2-60 s, 240p-720p, H.264/HEVC/VP9, and text questions; ignore_eos with fixed output
+Phase 2, in rounds (each round runs the next rate of every system not done, ours last: a shared host's speed drifts,
+and interleaving makes the drift hit every system alike): replay seeded Poisson traces (the same requests at the same
+times for every system: videos of 2-60 s, 240p-720p, H.264/HEVC/VP9, and text questions; ignore_eos with fixed output
 lengths) at rising rates over gRPC streaming, one stream per request, recording TTFT, TPOT, end-to-end latency and
 errors at the client. A sweep stops at the first rate where fewer than half the requests meet the SLOs; a system
 failing its lowest rate is tried at lower rates; then bisection between the last pass and the first fail until they
 are within --bisect-resolution of each other. Goodput = the highest rate at which >= 90 % of requests meet both
-SLOs (every lower rate passing), interpolated to the next rate as DistServe does. The first system (ours) is swept
-last and also runs at every other system's highest sustained rate, so p99 TPOT is compared at a rate both sustain.
+SLOs (every lower rate passing), interpolated to the next rate as DistServe does. The first system (ours) also runs
+at every other system's highest sustained rate, so p99 TPOT is compared at a rate both sustain.
 --extend DIR runs only what the current method adds to an old results folder (same traces, SLOs and grid).
 
 Outputs in --out: results.json (machine, SLOs, calibration, every run's summary, goodput and ratios), raw.json
@@ -59,7 +60,7 @@ from bench_common import host_info  # noqa: E402
 from bench_serving_calibration import calibrate, mean_service_s, warm_up  # noqa: E402
 from bench_serving_client import Hints, replay  # noqa: E402
 from bench_serving_metrics import Slos, goodput, slos_from, summarize, tpot_p99_comparisons  # noqa: E402
-from bench_serving_plan import SweepPlan, next_rate, sustained_rate  # noqa: E402
+from bench_serving_plan import SweepPlan, next_round  # noqa: E402
 from bench_serving_report import print_table, write_outputs  # noqa: E402
 from bench_serving_trace import TraceShape, ensure_videos, make_trace, mean_service_weights, request_classes  # noqa: E402
 
@@ -193,54 +194,53 @@ def _serve(system: System, env: dict[str, str], log_dir: Path, url: str | None) 
         yield server.grpc_url
 
 
+@contextlib.contextmanager
+def _serve_all(systems: list[System], args, model: Path) -> Iterator[dict[str, str]]:
+    """Every system's server at once, each on its own ports: name -> gRPC URL. The ones not measured sit idle (memory,
+    ~1.5 GB each with the small model; no CPU), so the measurements can be interleaved (see load_rounds)."""
+    with contextlib.ExitStack() as stack:
+        urls: dict[str, str] = {}
+        for system in systems:
+            started = time.perf_counter()
+            urls[system.name] = stack.enter_context(_serve(system, _env(system, args, model), args.out, args.url))
+            print(f"  {system.name}: {system.description}; ready in {time.perf_counter() - started:.0f} s "
+                  f"({urls[system.name]})", flush=True)
+        yield urls
+
+
 def _env(system: System, args, model: Path) -> dict[str, str]:
     return {"MLLM_MODEL_PATH": str(model), "MLLM_MEDIA_ROOTS": str(args.video_dir.resolve()), **NO_CACHES,
             **system.env}
 
 
-def calibrate_system(system: System, args, classes, videos, model: Path) -> dict:
-    print(f"\n=== {system.name} (calibration): {system.description}", flush=True)
-    started = time.perf_counter()
-    with _serve(system, _env(system, args, model), args.out, args.url) as url:
-        print(f"  ready in {time.perf_counter() - started:.0f} s ({url})", flush=True)
-        return calibrate(url, classes, videos, reps=args.calib_reps, typical_batch=args.typical_batch,
-                         tokens=args.calib_tokens)
-
-
-def sweep_system(system: System, args, classes, videos, shape, model: Path, plan: SweepPlan, slos: Slos,
-                 entry: dict) -> None:
-    """Runs, into ``entry["runs"]`` / ``entry["raw"]``, every rate ``plan`` asks for that the entry lacks."""
-    done = {run["rate"]: run for run in entry.get("runs", [])}
-    raw = dict(entry.get("raw", {}))
-
-    def todo() -> float | None:
-        return next_rate(plan, {rate: run["attainment"] for rate, run in done.items()})
-
-    print(f"\n=== {system.name} (load): {system.description}", flush=True)
-    if todo() is None:
-        print("  every planned rate already ran", flush=True)
-        return
-    started = time.perf_counter()
+def load_rounds(urls: dict[str, str], systems: list[System], args, classes, videos, shape, slos: Slos,
+                results: dict) -> None:
+    """Phase 2, interleaved: in each round every system whose sweep is not complete runs its next rate, ours last
+    (bench_serving_plan.next_round). The machine's speed drifts on a shared host (measured on the 2-core VM: a fixed
+    CPU probe varied by +-25 % within minutes, an engine decode step by 1.5x between runs); system after system, a
+    slow spell would land on whichever system ran then, round by round it lands on every system alike."""
+    first = systems[0].name
+    plans = {s.name: SweepPlan(tuple(results["systems"][s.name]["grid"]), args.stop_below, 0 if args.quick else 2,
+                               args.bisect_resolution) for s in systems}
+    entries = {name: results["systems"][name] for name in plans}
+    done = {name: {run["rate"]: run for run in entry.get("runs", [])} for name, entry in entries.items()}
+    raw = {name: dict(entry.get("raw", {})) for name, entry in entries.items()}
     # Every system gets the same SLOs as hints (ttft_slo_ms per class, tpot_slo_ms) and is judged by them.
     hints = {name: Hints(ms, slos.tpot_ms) for name, ms in slos.ttft_ms.items()}
-    with _serve(system, _env(system, args, model), args.out, args.url) as url:
-        print(f"  ready in {time.perf_counter() - started:.0f} s ({url})", flush=True)
+    for url in urls.values():
         warm_up(url, classes, videos)
-        while (rate := todo()) is not None:
-            done[rate], raw[str(rate)] = _one_rate(url, rate, args, classes, videos, shape, hints, slos)
-    entry["runs"], entry["raw"] = [done[r] for r in sorted(done)], raw
-
-
-def load_sweeps(systems: list[System], args, classes, videos, shape, model: Path, slos: Slos, results: dict) -> None:
-    """Phase 2. The first system (ours) goes last, so its sweep can include every other system's highest sustained
-    rate: the p99 TPOT comparison needs a rate both sustain, and ours' grid starts above the naive stack's."""
-    first, others = systems[0], systems[1:]
-    for system in [*others, first]:
-        entry = results["systems"][system.name]
-        extra = () if system is not first else tuple(sorted(
-            {r for s in others if (r := sustained_rate(results["systems"][s.name]["runs"])) is not None}))
-        plan = SweepPlan(tuple(entry["grid"]), args.stop_below, 0 if args.quick else 2, args.bisect_resolution, extra)
-        sweep_system(system, args, classes, videos, shape, model, plan, slos, entry)
+    rounds = 0
+    while todo := next_round(plans, {n: {r: run["attainment"] for r, run in d.items()} for n, d in done.items()},
+                             first):
+        rounds += 1
+        print(f"\n=== load, round {rounds}: " + ", ".join(f"{name} at {rate} req/s" for name, rate in todo), flush=True)
+        for name, rate in todo:
+            done[name][rate], raw[name][str(rate)] = _one_rate(urls[name], name, rate, args, classes, videos, shape,
+                                                               hints, slos)
+    if not rounds:
+        print("  every planned rate already ran", flush=True)
+    for name, entry in entries.items():
+        entry["runs"], entry["raw"] = [done[name][r] for r in sorted(done[name])], raw[name]
 
 
 def rate_grid(calibration: dict, args, classes, shape) -> list[float]:
@@ -252,14 +252,15 @@ def rate_grid(calibration: dict, args, classes, shape) -> list[float]:
     return grid
 
 
-def _one_rate(url, rate, args, classes, videos, shape, hints, slos) -> tuple[dict, list]:
+def _one_rate(url, name, rate, args, classes, videos, shape, hints, slos) -> tuple[dict, list]:
     from tqdm import tqdm
 
     trace = make_trace(args.seed, rate, args.duration, args.min_requests, classes, shape)
-    with tqdm(total=len(trace), desc=f"  {rate:7.3f} req/s", unit="req", leave=False) as bar:
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    with tqdm(total=len(trace), desc=f"  {name} {rate:7.3f} req/s", unit="req", leave=False) as bar:
         results = replay(url, trace, videos, hints, args.request_timeout, on_done=lambda: bar.update(1))
-    summary = summarize(results, slos, rate)
-    print(f"  {rate:7.3f} req/s: {len(trace):3d} requests, SLO attainment {summary['attainment']:.0%}, "
+    summary = summarize(results, slos, rate) | {"started": started}
+    print(f"  {name:>16} {rate:7.3f} req/s: {len(trace):3d} requests, SLO attainment {summary['attainment']:.0%}, "
           f"TTFT p50 {summary['ttft_ms']['p50']} ms, TPOT p99 {summary['tpot_ms']['p99']} ms, "
           f"errors {summary['num_errors']}", flush=True)
     return summary, [asdict(r) for r in results]
@@ -330,27 +331,31 @@ def main(argv: list[str] | None = None) -> int:
     model = model_path(args)  # --extend set args.model to the folder's model
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    if prior:
-        results = prior
-        slos = _load_slos(args.extend)
-        results.setdefault("extended", []).append({"date": time.strftime("%Y-%m-%d %H:%M"),
-                                                   "bisect_resolution": args.bisect_resolution})
-    else:
-        results = {"machine": host_info(), "model": str(model), "args": {k: str(v) for k, v in vars(args).items()},
-                   "classes": [asdict(c) for c in classes], "systems": {}}
-        # Phase 1: every system's unloaded latencies -> one set of SLOs for all. Phase 2: the load sweeps.
-        calibrations = {s.name: calibrate_system(s, args, classes, videos, model) for s in systems}
-        slos = (_load_slos(args.slos_from) if args.slos_from
-                else slos_from(calibrations.values(), args.ttft_slo_scale, args.tpot_slo_scale))
-        print(f"\nSLOs for every system: TPOT {slos.tpot_ms:.2f} ms; TTFT "
-              + ", ".join(f"{k} {v:.0f} ms" for k, v in slos.ttft_ms.items()), flush=True)
-        grid = ([float(x) for x in args.rates.split(",")] if args.rates != "auto"
-                else rate_grid(calibrations[systems[0].name], args, classes, shape))
-        for system in systems:
-            results["systems"][system.name] = {
-                "system": asdict(system) | {"repository": str(system.repository)},
-                "calibration": calibrations[system.name], "grid": grid, "runs": [], "raw": {}}
-    load_sweeps(systems, args, classes, videos, shape, model, slos, results)
+    print("\n=== servers (all at once, idle while another one is measured)", flush=True)
+    with _serve_all(systems, args, model) as urls:
+        if prior:
+            results = prior
+            slos = _load_slos(args.extend)
+            results.setdefault("extended", []).append({"date": time.strftime("%Y-%m-%d %H:%M"),
+                                                       "bisect_resolution": args.bisect_resolution})
+        else:
+            results = {"machine": host_info(), "model": str(model), "args": {k: str(v) for k, v in vars(args).items()},
+                       "classes": [asdict(c) for c in classes], "systems": {}}
+            # Phase 1: every system's unloaded latencies -> one set of SLOs for all. Phase 2: the load sweeps.
+            print("\n=== calibration (unloaded, every system in turn per measurement)", flush=True)
+            calibrations = calibrate(urls, classes, videos, reps=args.calib_reps, typical_batch=args.typical_batch,
+                                     tokens=args.calib_tokens)
+            slos = (_load_slos(args.slos_from) if args.slos_from
+                    else slos_from(calibrations.values(), args.ttft_slo_scale, args.tpot_slo_scale))
+            print(f"\nSLOs for every system: TPOT {slos.tpot_ms:.2f} ms; TTFT "
+                  + ", ".join(f"{k} {v:.0f} ms" for k, v in slos.ttft_ms.items()), flush=True)
+            grid = ([float(x) for x in args.rates.split(",")] if args.rates != "auto"
+                    else rate_grid(calibrations[systems[0].name], args, classes, shape))
+            for system in systems:
+                results["systems"][system.name] = {
+                    "system": asdict(system) | {"repository": str(system.repository)},
+                    "calibration": calibrations[system.name], "grid": grid, "runs": [], "raw": {}}
+        load_rounds(urls, systems, args, classes, videos, shape, slos, results)
     results["wall_s"] = round(time.perf_counter() - started + (prior or {}).get("wall_s", 0.0), 1)
     finish(results, slos)
     print_table(results)

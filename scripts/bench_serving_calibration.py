@@ -1,4 +1,4 @@
-"""bench_serving: unloaded latencies of one served system, measured through the same gRPC client.
+"""bench_serving: unloaded latencies of the served systems, measured through the same gRPC client.
 
 Per request class: ``reps`` requests one at a time (median TTFT, TPOT, end to end); then ``typical_batch``
 text requests at once (median TPOT: a decode step at a small batch, what the TPOT SLO scales). A warm-up
@@ -7,7 +7,7 @@ request per class first, untimed, so lazy initialisation and first-call costs ar
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from bench_common import TEXT_PROMPTS, VIDEO_PROMPTS
@@ -32,30 +32,41 @@ def warm_up(url: str, classes: tuple[RequestClass, ...], videos: dict[str, bytes
         _check(replay(url, [_alone(cls, 4, "warm")], videos, {}), f"warm-up {cls.name}")
 
 
-def calibrate(url: str, classes: tuple[RequestClass, ...], videos: dict[str, bytes], *, reps: int,
-              typical_batch: int, tokens: int, progress: Callable[[str], None] = print) -> dict:
-    """Unloaded latencies, measured without SLO hints (the SLOs are derived from them)."""
+def calibrate(urls: Mapping[str, str], classes: tuple[RequestClass, ...], videos: dict[str, bytes], *, reps: int,
+              typical_batch: int, tokens: int, progress: Callable[[str], None] = print) -> dict[str, dict]:
+    """Unloaded latencies of every system (name -> gRPC URL, all serving at once), measured without SLO hints (the SLOs
+    are derived from them). Interleaved: each repetition of a measurement runs on every system in turn, so a machine
+    whose speed drifts during the calibration (shared hosts do) shifts every system alike."""
     hints: dict[str, Hints] = {}
-    warm_up(url, classes, videos)
-    ttft, tpot, e2e = {}, {}, {}
+    for url in urls.values():
+        warm_up(url, classes, videos)
+    out: dict[str, dict] = {name: {"ttft_ms": {}, "tpot_ms": {}, "e2e_ms": {}, "tokens": tokens,
+                                   "typical_batch": typical_batch} for name in urls}
     for cls in classes:
-        runs = [replay(url, [_alone(cls, tokens, f"cal{i}")], videos, hints)[0] for i in range(reps)]
-        _check(runs, cls.name)
-        ttft[cls.name] = float(np.median([r.ttft_ms for r in runs]))
-        tpot[cls.name] = float(np.median([r.tpot_ms for r in runs if r.tpot_ms is not None]))
-        e2e[cls.name] = float(np.median([r.e2e_ms for r in runs]))
-        progress(f"  unloaded {cls.name:>14}: TTFT {ttft[cls.name]:7.1f} ms  TPOT {tpot[cls.name]:5.2f} ms  "
-                 f"e2e ({tokens} tokens) {e2e[cls.name]:7.1f} ms")
+        runs: dict[str, list[RequestResult]] = {name: [] for name in urls}
+        for i in range(reps):
+            for name, url in urls.items():
+                runs[name] += replay(url, [_alone(cls, tokens, f"cal{i}")], videos, hints)
+        for name, got in runs.items():
+            _check(got, f"{name} {cls.name}")
+            cal = out[name]
+            cal["ttft_ms"][cls.name] = float(np.median([r.ttft_ms for r in got]))
+            cal["tpot_ms"][cls.name] = float(np.median([r.tpot_ms for r in got if r.tpot_ms is not None]))
+            cal["e2e_ms"][cls.name] = float(np.median([r.e2e_ms for r in got]))
+            ttft, tpot, e2e = (cal[k][cls.name] for k in ("ttft_ms", "tpot_ms", "e2e_ms"))
+            progress(f"  unloaded {cls.name:>14} {name:>16}: TTFT {ttft:7.1f} ms  TPOT {tpot:5.2f} ms  "
+                     f"e2e ({tokens} tokens) {e2e:7.1f} ms")
     batch = [TraceRequest(f"batch-{i}", 0.0, TEXT, TEXT_PROMPTS[i % len(TEXT_PROMPTS)], tokens)
              for i in range(typical_batch)]
-    batch_tpot = []
+    batch_tpot: dict[str, list[float]] = {name: [] for name in urls}
     for _ in range(max(1, reps - 1)):
-        runs = replay(url, batch, videos, hints)
-        _check(runs, "batch")
-        batch_tpot += [r.tpot_ms for r in runs if r.tpot_ms is not None]
-    out = {"ttft_ms": ttft, "tpot_ms": tpot, "e2e_ms": e2e, "tokens": tokens, "typical_batch": typical_batch,
-           "batch_tpot_ms": float(np.median(batch_tpot))}
-    progress(f"  unloaded TPOT with {typical_batch} text streams at once: {out['batch_tpot_ms']:.2f} ms")
+        for name, url in urls.items():
+            got = replay(url, batch, videos, hints)
+            _check(got, f"{name} batch")
+            batch_tpot[name] += [r.tpot_ms for r in got if r.tpot_ms is not None]
+    for name, cal in out.items():
+        cal["batch_tpot_ms"] = float(np.median(batch_tpot[name]))
+        progress(f"  unloaded TPOT with {typical_batch} text streams at once, {name}: {cal['batch_tpot_ms']:.2f} ms")
     return out
 
 

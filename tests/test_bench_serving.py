@@ -9,7 +9,7 @@ import bench_serving  # scripts/ is on sys.path (conftest)
 import pytest
 from bench_serving_client import RequestResult
 from bench_serving_metrics import Slos, common_sustained_rate, goodput, slos_from, summarize, tpot_p99_comparisons
-from bench_serving_plan import SweepPlan, next_rate, sustained_rate
+from bench_serving_plan import SweepPlan, next_rate, next_round, sustained_rate
 from bench_serving_trace import TEXT, TraceShape, make_trace, request_classes
 
 
@@ -81,6 +81,33 @@ def test_an_extended_sweep_runs_only_what_the_finer_plan_adds():
     assert next_rate(fine, done) == 0.5  # (1.25, 1.5] is within 25 %: the extra rate, then done
     done[0.5] = 1.0
     assert next_rate(fine, done) is None
+
+
+def _rounds(plans: dict[str, SweepPlan], attainment_at: dict, first: str = "ours") -> list[list[tuple[str, float]]]:
+    done: dict[str, dict[float, float]] = {name: {} for name in plans}
+    rounds = []
+    while todo := next_round(plans, done, first):
+        assert len(rounds) < 20
+        rounds.append(todo)
+        for name, rate in todo:
+            done[name][rate] = attainment_at[name](rate)
+    return rounds
+
+
+def test_rounds_interleave_the_systems_and_ours_runs_the_others_sustained_rates_once_they_are_final():
+    naive = {"naive": lambda r: 1.0 if r <= 0.6 else 0.3}  # fails 1.0, passes its probe at 0.5
+    plans = {"ours": SweepPlan((1.0, 2.0), bisect_resolution=0), "naive": SweepPlan((1.0, 2.0), bisect_resolution=0)}
+    assert _rounds(plans, {"ours": lambda r: 1.0, **naive}) == [
+        [("naive", 1.0), ("ours", 1.0)], [("naive", 0.5), ("ours", 2.0)], [("ours", 0.5)]]
+    # Ours done with its grid before naive's sweep is: it sits a round out, then runs naive's final sustained rate.
+    plans["ours"] = SweepPlan((1.0,), bisect_resolution=0)
+    assert _rounds(plans, {"ours": lambda r: 1.0, **naive}) == [
+        [("naive", 1.0), ("ours", 1.0)], [("naive", 0.5)], [("ours", 0.5)]]
+    # A system that sustains no rate adds no extra rate; one system alone is just its sweep.
+    assert _rounds(plans, {"ours": lambda r: 1.0, "naive": lambda r: 0.0}) == [
+        [("naive", 1.0), ("ours", 1.0)], [("naive", 0.5)], [("naive", 0.25)]]
+    assert _rounds({"external": SweepPlan((1.0, 2.0), bisect_resolution=0)}, {"external": lambda r: 1.0},
+                   first="external") == [[("external", 1.0)], [("external", 2.0)]]
 
 
 def test_tpot_is_compared_at_the_highest_rate_both_sustain():
