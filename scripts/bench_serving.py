@@ -31,7 +31,8 @@ failing its lowest rate is tried at lower rates; then bisection between the last
 are within --bisect-resolution of each other. Goodput = the highest rate at which >= 90 % of requests meet both
 SLOs (every lower rate passing), interpolated to the next rate as DistServe does. The first system (ours) also runs
 at every other system's highest sustained rate, so p99 TPOT is compared at a rate both sustain.
---extend DIR runs only what the current method adds to an old results folder (same traces, SLOs and grid).
+--extend DIR runs only what the current method adds to an old results folder (same traces, SLOs and grid), or
+what a stopped run had left to do (results.json / raw.json are written after every round).
 
 Outputs in --out: results.json (machine, SLOs, calibration, every run's summary, goodput and ratios), raw.json
 (per-request times), attainment.png (attainment vs rate), cdf.png (TTFT and TPOT CDFs at a rate all sustain), and a
@@ -237,10 +238,13 @@ def load_rounds(urls: dict[str, str], systems: list[System], args, classes, vide
         for name, rate in todo:
             done[name][rate], raw[name][str(rate)] = _one_rate(urls[name], name, rate, args, classes, videos, shape,
                                                                hints, slos)
+        for name, entry in entries.items():
+            entry["runs"], entry["raw"] = [done[name][r] for r in sorted(done[name])], raw[name]
+        # A checkpoint per round (no plots): a run stopped part way keeps what it measured, and `--extend DIR`
+        # goes on from there (same traces, SLOs and grid; it reruns only the missing rates).
+        write_outputs(finish(results, slos), args.out, plots=False)
     if not rounds:
         print("  every planned rate already ran", flush=True)
-    for name, entry in entries.items():
-        entry["runs"], entry["raw"] = [done[name][r] for r in sorted(done[name])], raw[name]
 
 
 def rate_grid(calibration: dict, args, classes, shape) -> list[float]:

@@ -49,7 +49,7 @@ def print_table(results: dict) -> None:
     print(f"machine: {results['machine']}; wall {results.get('wall_s')} s")
 
 
-def write_outputs(results: dict, out: Path) -> None:
+def write_outputs(results: dict, out: Path, plots: bool = True) -> None:
     raw = {name: entry["raw"] for name, entry in results["systems"].items()}
     slim = {**results,
             "systems": {n: {k: v for k, v in e.items() if k != "raw"} for n, e in results["systems"].items()}}
@@ -58,6 +58,8 @@ def write_outputs(results: dict, out: Path) -> None:
     (out / "results.json").write_text(json.dumps(slim, indent=1))
     (out / "raw.json").write_text(json.dumps(raw))
     (out / "runs.md").write_text(runs_table(results) + "\n")
+    if not plots:
+        return
     try:
         import matplotlib
 
