@@ -196,9 +196,10 @@ def _serve(system: System, env: dict[str, str], log_dir: Path, url: str | None) 
 
 
 @contextlib.contextmanager
-def _serve_all(systems: list[System], args, model: Path) -> Iterator[dict[str, str]]:
-    """Every system's server at once, each on its own ports: name -> gRPC URL. The ones not measured sit idle (memory,
-    ~1.5 GB each with the small model; no CPU), so the measurements can be interleaved (see load_rounds)."""
+def _serve_all(systems: list[System], args, model: Path, classes, videos) -> Iterator[dict[str, str]]:
+    """Every system's server at once, each on its own ports and warmed up: name -> gRPC URL. The ones not measured sit
+    idle (memory, ~1.5 GB each with the small model; no CPU), so the measurements can be interleaved (see
+    load_rounds)."""
     with contextlib.ExitStack() as stack:
         urls: dict[str, str] = {}
         for system in systems:
@@ -206,6 +207,8 @@ def _serve_all(systems: list[System], args, model: Path) -> Iterator[dict[str, s
             urls[system.name] = stack.enter_context(_serve(system, _env(system, args, model), args.out, args.url))
             print(f"  {system.name}: {system.description}; ready in {time.perf_counter() - started:.0f} s "
                   f"({urls[system.name]})", flush=True)
+        for url in urls.values():
+            warm_up(url, classes, videos)
         yield urls
 
 
@@ -228,8 +231,6 @@ def load_rounds(urls: dict[str, str], systems: list[System], args, classes, vide
     raw = {name: dict(entry.get("raw", {})) for name, entry in entries.items()}
     # Every system gets the same SLOs as hints (ttft_slo_ms per class, tpot_slo_ms) and is judged by them.
     hints = {name: Hints(ms, slos.tpot_ms) for name, ms in slos.ttft_ms.items()}
-    for url in urls.values():
-        warm_up(url, classes, videos)
     rounds = 0
     while todo := next_round(plans, {n: {r: run["attainment"] for r, run in d.items()} for n, d in done.items()},
                              first):
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     print("\n=== servers (all at once, idle while another one is measured)", flush=True)
-    with _serve_all(systems, args, model) as urls:
+    with _serve_all(systems, args, model, classes, videos) as urls:
         if prior:
             results = prior
             slos = _load_slos(args.extend)

@@ -1,8 +1,9 @@
 """bench_serving: unloaded latencies of the served systems, measured through the same gRPC client.
 
 Per request class: ``reps`` requests one at a time (median TTFT, TPOT, end to end); then ``typical_batch``
-text requests at once (median TPOT: a decode step at a small batch, what the TPOT SLO scales). A warm-up
-request per class first, untimed, so lazy initialisation and first-call costs are not counted.
+text requests at once (median TPOT: a decode step at a small batch, what the TPOT SLO scales). The servers are
+warmed up first (`warm_up`: one untimed request per class), so lazy initialisation and first-call costs are not
+counted.
 """
 
 from __future__ import annotations
@@ -34,12 +35,10 @@ def warm_up(url: str, classes: tuple[RequestClass, ...], videos: dict[str, bytes
 
 def calibrate(urls: Mapping[str, str], classes: tuple[RequestClass, ...], videos: dict[str, bytes], *, reps: int,
               typical_batch: int, tokens: int, progress: Callable[[str], None] = print) -> dict[str, dict]:
-    """Unloaded latencies of every system (name -> gRPC URL, all serving at once), measured without SLO hints (the SLOs
-    are derived from them). Interleaved: each repetition of a measurement runs on every system in turn, so a machine
-    whose speed drifts during the calibration (shared hosts do) shifts every system alike."""
+    """Unloaded latencies of every system (name -> gRPC URL, all serving at once and warmed up), measured without SLO
+    hints (the SLOs are derived from them). Interleaved: each repetition of a measurement runs on every system in turn,
+    so a machine whose speed drifts during the calibration (shared hosts do) shifts every system alike."""
     hints: dict[str, Hints] = {}
-    for url in urls.values():
-        warm_up(url, classes, videos)
     out: dict[str, dict] = {name: {"ttft_ms": {}, "tpot_ms": {}, "e2e_ms": {}, "tokens": tokens,
                                    "typical_batch": typical_batch} for name in urls}
     for cls in classes:
