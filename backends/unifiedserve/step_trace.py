@@ -33,7 +33,11 @@ class StepTrace:
             "enc_s": round(stats.encoder_s, 5), "llm_s": round(stats.llm_s, 5), "decodes": plan.num_decodes,
             "prefill": [[c.request.request_id, c.num_tokens] for c in plan.chunks[plan.num_decodes:]],
             "encoder": [[w.request.request_id, round(w.num_tokens, 1)] for w in plan.encoder_work],
-            "target_s": stats.target_s,
+            "target_s": stats.target_s, "budget": stats.token_budget,
+            "attn": round(stats.attention_work, 3), "burst": stats.llm_burst,  # with the above: the fit's features
+            # The fitted prices the step was planned with: a drifting fit shows up as budgets that shrink.
+            "llm_w": [round(float(w), 6) for w in scheduler.cost.llm.w],
+            "enc_w": [round(float(w), 6) for w in scheduler.cost.encoder.w],
             "queue": [[r.request_id, _jsonable(scheduler.urgency(r))] for r in queue],
         })
 
