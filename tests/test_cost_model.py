@@ -10,6 +10,7 @@ import pytest
 
 from unifiedserve.config import EngineConfig
 from unifiedserve.cost_model import OnlineLinearFit, StepCostModel, StepStats, paced_share, step_budgets, step_target_s
+from unifiedserve.step_spend import StepSpend
 
 
 def test_fit_recovers_known_costs_from_noisy_samples():
@@ -56,14 +57,40 @@ def test_budgets_are_the_headroom_under_the_tpot_target():
     assert b.time_s == 0.0 and b.tokens == 4 and b.encoder_tokens == 0.0
 
 
-def test_bursting_pays_its_fixed_cost_out_of_the_headroom():
-    """A forward with prefill work runs on the CPU burst threads: the fork/join cost it adds comes off the
-    time the prefill and encoder work may use, so the mixed step still meets its target."""
+def test_the_chunk_that_makes_the_forward_burst_pays_the_burst_fixed_cost():
+    """A forward with >= cpu_burst_min_tokens prefill tokens runs on the CPU burst threads: the fork/join cost it
+    adds comes off the time of the chunk that crosses that threshold, so the mixed step still meets its target;
+    a chunk that stays below it does not pay it."""
     cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=1.0, max_num_batched_tokens=4096,
-                       encoder_budget_tokens=4096)
-    b = step_budgets(cfg, _cost(burst=0.005), _decoders(4, 100), [], now=0.0)
-    assert abs(b.time_s - 0.0346) < 1e-9  # 50 - 10.4 (decodes) - 5 (burst) ms
-    assert _cost(burst=0.005).llm_s(4, 0, 0.0, burst=True) > _cost(burst=0.005).llm_s(4, 0, 0.0)
+                       encoder_budget_tokens=4096, cpu_burst_min_tokens=32)
+    cost = _cost(burst=0.005)
+    b = step_budgets(cfg, cost, _decoders(4, 100), [], now=0.0)
+    assert abs(b.time_s - 0.0396) < 1e-9  # 50 - 10.4 (decodes) ms: no chunk planned yet
+    spend = StepSpend(b, cfg, cost, num_decodes=4)
+    assert spend.prefill_cap(0, 1000) == int((0.0396 - 0.005) / 1e-4)  # 346 tokens after the 5 ms burst
+    spend.prefill(0, 300, 1000)
+    assert abs(spend.time_s - (0.0396 - 0.005 - 0.030)) < 1e-9
+    small = StepSpend(b, cfg, cost, num_decodes=4)
+    small.prefill(0, 20, 20)  # below the threshold: no burst
+    assert abs(small.time_s - (0.0396 - 0.002)) < 1e-9
+    assert small.prefill_cap(20, 1000) == int((0.0376 - 0.005) / 1e-4 + 1e-9)  # the next chunk crosses it: pays
+    assert cost.llm_s(4, 0, 0.0, burst=True) > cost.llm_s(4, 0, 0.0)
+
+
+def test_a_burst_price_above_the_headroom_leaves_the_chunks_below_the_threshold():
+    """A burst price larger than what is left of the step: the chunk stays on the base threads with up to
+    cpu_burst_min_tokens - 1 tokens instead of shrinking to min_prefill_chunk (served 2026-12-06: a 44 ms burst
+    price under a 36 ms idle-step target prefilled every prompt 16 tokens per step)."""
+    cfg = EngineConfig(model_path="x", tpot_slo_ms=18.0, tpot_headroom=1.0, max_num_batched_tokens=4096,
+                       encoder_budget_tokens=4096, cpu_burst_min_tokens=32, min_prefill_chunk=16)
+    cost = _cost(intercept=0.006, prefill=2e-4, burst=0.044)
+    b = step_budgets(cfg, cost, [], [], now=0.0)  # idle: 36 ms target, 30 ms of headroom
+    spend = StepSpend(b, cfg, cost, num_decodes=0)
+    assert spend.prefill_cap(0, 118) == 31
+    spend.prefill(0, 31, 118)
+    assert abs(spend.time_s - (b.time_s - 31 * 2e-4)) < 1e-9  # no burst paid
+    cheap = _cost(intercept=0.006, prefill=2e-4, burst=0.003)
+    assert StepSpend(step_budgets(cfg, cheap, [], [], now=0.0), cfg, cheap, 0).prefill_cap(0, 118) == 118
 
 
 def test_the_fit_separates_the_burst_fixed_cost_from_the_prefill_price():
@@ -176,6 +203,22 @@ def test_a_feature_never_seen_keeps_its_prior_price():
     for n in range(1, 40):
         fit.add([1.0, float(n % 8 + 1), 0.0], 2e-3 + 3e-4 * (n % 8 + 1))
     assert abs(fit.w[2] - 5e-4) < 1e-12 and abs(fit.w[1] - 3e-4) < 1e-9
+
+
+def test_a_price_the_window_no_longer_exercises_returns_to_its_prior():
+    """A price fitted too high makes the scheduler avoid that work (no step on the burst threads), so the window
+    stops holding samples that could correct it: once none is left, the price is the prior again, not the last
+    fit, and the work is tried again."""
+    fit = OnlineLinearFit(prior=[1e-3, 3e-3], window=64, min_samples=4, every=1)
+    for n in range(64):
+        burst = n % 2 == 1  # the last sample too
+        fit.add([1.0, float(burst)], 2e-3 + (0.044 if burst else 0.0))  # a contended spell: bursts cost 44 ms
+    assert abs(fit.w[1] - 0.044) < 1e-9
+    for _ in range(63):
+        fit.add([1.0, 0.0], 2e-3)  # one burst sample still in the window: the fit keeps it
+    assert abs(fit.w[1] - 0.044) < 1e-9
+    fit.add([1.0, 0.0], 2e-3)
+    assert abs(fit.w[1] - 3e-3) < 1e-12 and abs(fit.w[0] - 2e-3) < 1e-9
 
 
 def _prompt(tokens: int, ttft_slo_ms: float | None, arrival: float = 0.0, first_token_time: float | None = None):

@@ -61,7 +61,8 @@ class OnlineLinearFit:
     """y ~ x . w with w >= 0, least squares over the last `window` samples, refitted every `every` adds."""
 
     def __init__(self, prior: list[float], window: int = 512, every: int = 16, min_samples: int = 24) -> None:
-        self.w = np.asarray(prior, dtype=np.float64)
+        self.prior = np.asarray(prior, dtype=np.float64)
+        self.w = self.prior.copy()
         self._xs: collections.deque = collections.deque(maxlen=window)
         self._ys: collections.deque = collections.deque(maxlen=window)
         self._every, self._min, self._count = every, min_samples, 0
@@ -75,12 +76,15 @@ class OnlineLinearFit:
 
     def _refit(self) -> None:
         x, y = np.asarray(self._xs), np.asarray(self._ys)
-        # A feature that never varied in the window (e.g. no prefill seen yet) keeps its prior price instead of
-        # being fitted to zero: a zero price would make the next step's budget unlimited.
+        # A feature that never varied in the window (e.g. no prefill seen yet) gets its prior price, not a price
+        # fitted to zero (that would make the next step's budget unlimited), and not the last fit either: a
+        # price fitted too high makes the scheduler avoid that work, so no new sample would ever correct it
+        # (served, 2026-12-06: a 44 ms burst price fitted from four contended steps kept every forward off the
+        # burst threads for the next 30 minutes; video prompts went in as 16-token chunks).
         varied = x.std(axis=0) > 0
         varied[0] = True  # the intercept column
         fixed = ~varied
-        y_rest = y - x[:, fixed] @ self.w[fixed] if fixed.any() else y
+        y_rest = y - x[:, fixed] @ self.prior[fixed] if fixed.any() else y
         cols = np.flatnonzero(varied)
         w = np.zeros(len(cols))
         active = np.ones(len(cols), dtype=bool)
@@ -93,7 +97,7 @@ class OnlineLinearFit:
             active &= w > 0
             if not active.any():
                 break
-        new = self.w.copy()
+        new = self.prior.copy()
         new[cols] = np.maximum(w, 0.0)
         self.w = new
 
@@ -277,8 +281,9 @@ def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Se
             paced_target = fixed_s / (1.0 - share)
             paced = paced_target <= target
             target = min(target, paced_target)
-    # Prefill work makes the forward run on the burst threads (when bursting): the headroom pays for that first.
-    headroom = max(0.0, target - decode_s - cost.burst_s)
+    # A forward with enough prefill runs on the burst threads (when bursting): StepSpend charges that fixed cost to
+    # the chunk that crosses the burst threshold, not to the headroom, so a small chunk does not pay for it.
+    headroom = max(0.0, target - decode_s)
     tokens = len(decoders) + int(min(headroom / cost.prefill_token_s(0), config.max_num_batched_tokens))
     encoder = headroom / cost.encoder_token_s
     # No forced unit while the work is paced: a unit larger than the paced headroom (one group through one block

@@ -220,7 +220,7 @@ class Scheduler:
             return False
         if self.policy.is_demoted(self.urgency(req)) or budgets.target_s <= 0:
             return False
-        per_step = budgets.time_s - (self.cost.batch_jump_s if num_decodes == 1 else 0.0)
+        per_step = budgets.time_s - (self.cost.batch_jump_s if num_decodes == 1 else 0.0) - self.cost.burst_s
         if per_step <= 0:
             return True
         steps = math.ceil(self._min_time_to_first_token(req) / per_step)
@@ -234,7 +234,8 @@ class Scheduler:
         if not self.same_step_encoder or out.chunks or limit >= req.num_tokens:
             return False
         price = self.cost.prefill_token_s(req.num_computed_tokens + wanted // 2)
-        return wanted * price < float(self.cost.llm.w[0]) + self.cost.burst_s
+        burst = self.cost.burst_s if wanted >= self.config.cpu_burst_min_tokens else 0.0
+        return wanted * price < float(self.cost.llm.w[0]) + burst
 
     @staticmethod
     def _memoized(key: UrgencyKey) -> UrgencyKey:

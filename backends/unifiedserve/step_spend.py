@@ -32,6 +32,10 @@ class StepSpend:
         self.min_prefill = config.min_prefill_chunk
         # Rows of the step's forward so far; the first prefill that makes it two or more pays the batch jump.
         self.rows = num_decodes
+        # Prefill tokens planned so far; the chunk that brings them to cpu_burst_min_tokens pays the burst threads'
+        # fixed cost (cpu_threads.py; cost_model.burst_s is 0 when the engine does not burst).
+        self.prefill_tokens = 0
+        self.burst_min = config.cpu_burst_min_tokens
         # Any prefill or encoder work planned in this step (a forced unit only goes to a step with none).
         self.progressed = not budgets.allow_forced
         self.encoder_closed = self.prefill_closed = False
@@ -77,9 +81,8 @@ class StepSpend:
         if not self.timed:
             return n
         price = self.cost.prefill_token_s(context + n // 2)
-        jump = self._jump(n)
-        afford = (self.time_s - jump) / price
-        if afford < n and may_boost and n == wanted and (self.time_s + self.boost_s - jump) / price >= n:
+        afford = self._affordable(n, price, self.time_s)
+        if afford < n and may_boost and n == wanted and self._affordable(n, price, self.time_s + self.boost_s) >= n:
             self.time_s, self.boost_s = self.time_s + self.boost_s, 0.0  # once per step
             afford = n
         if afford < n:
@@ -88,15 +91,32 @@ class StepSpend:
             n = min(wanted, self.tokens, self.min_prefill)
         return n
 
+    def _affordable(self, n: int, price: float, time_s: float) -> float:
+        """How many of `n` more prefill tokens `time_s` pays for, fixed costs included. When the burst fixed cost
+        leaves fewer tokens than a chunk just below the burst threshold would get, that chunk: it runs on the base
+        threads and does not pay it (a burst price above the headroom would otherwise cut every chunk to
+        min_prefill_chunk)."""
+        afford = (time_s - self._jump(n) - self._burst(n)) / price
+        below = self.burst_min - 1 - self.prefill_tokens
+        if afford < n and self._burst(n) and below > 0:
+            afford = max(afford, min(float(below), (time_s - self._jump(below)) / price))
+        return afford
+
     def _jump(self, n: int) -> float:
         """The batch jump (cost_model.py) that adding `n` prefill rows to this step's forward would pay."""
         return self.cost.batch_jump_s if self.timed and self.rows < 2 <= self.rows + n else 0.0
 
+    def _burst(self, n: int) -> float:
+        """The burst threads' fixed cost that adding `n` prefill tokens to this step would bring."""
+        crosses = self.prefill_tokens < self.burst_min <= self.prefill_tokens + n
+        return self.cost.burst_s if self.timed and crosses else 0.0
+
     def prefill(self, context: int, n: int, wanted: int) -> None:
         if n:
             self.tokens -= n
-            self.time_s -= n * self.cost.prefill_token_s(context + n // 2) + self._jump(n)
+            self.time_s -= n * self.cost.prefill_token_s(context + n // 2) + self._jump(n) + self._burst(n)
             self.rows += n
+            self.prefill_tokens += n
             self.progressed = True
         if self.timed and n < wanted:
             self.prefill_closed = True
