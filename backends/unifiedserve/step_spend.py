@@ -96,9 +96,10 @@ class StepSpend:
         leaves fewer tokens than a chunk just below the burst threshold would get, that chunk: it runs on the base
         threads and does not pay it (a burst price above the headroom would otherwise cut every chunk to
         min_prefill_chunk)."""
-        afford = (time_s - self._jump(n) - self._burst(n)) / price
+        burst = self._burst(n)
+        afford = (time_s - self._jump(n) - burst) / price
         below = self.burst_min - 1 - self.prefill_tokens
-        if afford < n and self._burst(n) and below > 0:
+        if afford < n and burst and below > 0:
             afford = max(afford, min(float(below), (time_s - self._jump(below)) / price))
         return afford
 
