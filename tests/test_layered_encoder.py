@@ -49,3 +49,22 @@ def test_temporal_groups_slice_exactly(model_and_spec):
     parts = [encoder.encode(pixels[g * per_group:(g + n) * per_group], torch.tensor([[n, h, w]]))
              for g, n in ((0, 1), (1, 2), (3, 1))]
     assert torch.equal(torch.cat(parts), whole)
+
+
+def test_the_engine_loads_the_patch_embedding_as_a_matmul_equal_to_the_conv3d(model_and_spec, tiny_model_path,
+                                                                               tiny_qwen2_vl_path):
+    """model_loader fuses the stride == kernel Conv3d into a Linear (60x faster on CPU bf16): same weights, same
+    tower output up to rounding order."""
+    from unifiedserve.model_loader import load_model
+
+    stock, spec = model_and_spec
+    path = tiny_model_path if isinstance(stock, transformers.Qwen2_5_VLForConditionalGeneration) else tiny_qwen2_vl_path
+    loaded = load_model(path, "cpu", "float32")
+    visual = loaded.model.model.visual
+    assert not any(isinstance(m, torch.nn.Conv3d) for m in visual.modules())
+    pixels, grid = _video(spec)
+    grid_t = torch.tensor([grid])
+    with torch.inference_mode():
+        fused = LayeredVisionEncoder(visual).encode(pixels, grid_t)
+        reference = stock.model.visual(pixels, grid_thw=grid_t).pooler_output
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
