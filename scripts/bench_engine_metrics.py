@@ -156,8 +156,9 @@ def cost_model_check(engine: Engine, run: RunRecord) -> dict:
         pred = np.asarray([cost.llm_s(int(d), int(p), float(a)) for d, p, a in zip(
             decodes, prefills, step_col(s, "attention_work"), strict=True)])
         enc = step_col(s, "encoder_tokens") > 0
-        pred_enc = np.asarray([cost.encoder.predict([p, e]) for p, e in zip(
-            step_col(s, "num_encoder_pieces_started")[enc], step_col(s, "encoder_tokens")[enc], strict=True)])
+        pred_enc = np.asarray([cost.encoder_s(int(p), e, a) for p, e, a in zip(
+            step_col(s, "num_encoder_pieces_started")[enc], step_col(s, "encoder_tokens")[enc],
+            step_col(s, "encoder_attention_work")[enc], strict=True)])
     except (AttributeError, TypeError) as exc:
         return {"unavailable": str(exc)}
     llm = step_col(s, "llm_s")
@@ -177,7 +178,7 @@ def cost_model_state(engine: Engine) -> dict:
     try:
         llm, enc = engine.cost.llm, engine.cost.encoder
         return {"llm_w_[1,decode_rows,prefill_tokens,attention_kwork]": [float(x) for x in llm.w],
-                "encoder_w_[pieces_started,encoder_tokens]": [float(x) for x in enc.w],
+                "encoder_w_[pieces_started,encoder_tokens,attention_kwork]": [float(x) for x in enc.w],
                 "llm_samples": len(llm._xs), "encoder_samples": len(enc._xs)}
     except AttributeError as exc:
         return {"unavailable": str(exc)}
@@ -248,7 +249,10 @@ def load_raw(runs: dict) -> dict[str, list[RunRecord]]:
             reqs = [ReqRecord(r["request_id"], r["kind"], r["clip"], r["arrival_s"], r["max_tokens"],
                               r["num_prompt_tokens"], r["ttft_slo_ms"], r["token_times_s"], r["finish_reason"])
                     for r in run["requests"]]
-            steps = np.asarray(run["steps"], dtype=np.float64).reshape(-1, len(STEP_FIELDS))
+            steps = np.asarray(run["steps"], dtype=np.float64)
+            steps = steps.reshape(len(run["steps"]), -1) if steps.size else steps.reshape(0, len(STEP_FIELDS))
+            # Runs recorded before a field was appended to STEP_FIELDS: the missing columns are 0.
+            steps = np.pad(steps, ((0, 0), (0, len(STEP_FIELDS) - steps.shape[1])))
             out[name].append(RunRecord(0.0, reqs, steps, run.get("wall_s", 0.0), run.get("other_cpu_cores"),
                                        run.get("error")))
     return out

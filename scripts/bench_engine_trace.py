@@ -123,7 +123,8 @@ class RunRecord:
 
 
 STEP_FIELDS = ("start_s", "end_s", "num_decode_tokens", "num_prefill_tokens", "encoder_tokens", "llm_s", "encoder_s",
-               "token_budget", "encoder_budget", "attention_work", "num_encoder_pieces_started")
+               "token_budget", "encoder_budget", "attention_work", "num_encoder_pieces_started",
+               "encoder_attention_work")
 
 
 class OtherCpu:

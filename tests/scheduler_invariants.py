@@ -189,7 +189,7 @@ def check_time(s: Scheduler, out: SchedulerOutput, ctx: str) -> str | None:
     if b is None or not b.timed:
         return None
     cost = s.cost
-    planned = sum(cost.encoder_s(int(w.block_start == 0), w.num_tokens) for w in out.encoder_work)
+    planned = sum(cost.encoder_work_s(w) for w in out.encoder_work)
     prefills = out.chunks[out.num_decodes:]
     for c in prefills:
         planned += c.num_tokens * cost.prefill_token_s(c.start + c.num_tokens // 2)

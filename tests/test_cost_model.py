@@ -9,7 +9,15 @@ from types import SimpleNamespace
 import pytest
 
 from unifiedserve.config import EngineConfig
-from unifiedserve.cost_model import OnlineLinearFit, StepCostModel, StepStats, paced_share, step_budgets, step_target_s
+from unifiedserve.cost_model import (
+    OnlineLinearFit,
+    StepBudgets,
+    StepCostModel,
+    StepStats,
+    paced_share,
+    step_budgets,
+    step_target_s,
+)
 from unifiedserve.step_spend import StepSpend
 
 
@@ -40,7 +48,7 @@ def _cost(intercept=0.010, decode=1e-4, prefill=1e-4, attention=0.0, encoder=1e-
           batch_jump: float = 0.0) -> StepCostModel:
     cost = StepCostModel(bursts=burst is not None)
     cost.llm.w[:] = [intercept, decode, prefill, attention, burst or 0.0, batch_jump]
-    cost.encoder.w[:] = [0.0, encoder]
+    cost.encoder.w[:] = [0.0, encoder, 0.0]
     return cost
 
 
@@ -294,3 +302,19 @@ def test_work_that_fits_after_the_streams_end_waits_for_them():
     assert abs(paced_share(cost, short, [_prompt(4200, 1000.0)], 0.0, 0.5, fixed) - 0.42 / 0.5) < 1e-12
     # Work that cannot make its paced deadline gets the whole headroom.
     assert paced_share(cost, short, [_prompt(5000, 1000.0)], 0.0, 0.5, fixed) == 1.0
+
+
+def test_the_risk_boost_is_part_of_the_boost_not_on_top_of_it():
+    """A prompt-finishing prefill that took the whole boost leaves nothing for a request at risk later in the same
+    step (before, the risk part came on top: 12.5 ms spent where the decoders' slack allowed 8)."""
+    cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=1.0, max_num_batched_tokens=4096,
+                       encoder_budget_tokens=4096)
+    b = StepBudgets(tokens=100, encoder_tokens=0.0, time_s=0.0, target_s=0.018, boost_s=0.008, risk_boost_s=0.0045)
+    spend = StepSpend(b, cfg, _cost(), num_decodes=1)
+    assert spend.prefill_cap(0, 80, may_boost=True) == 80  # 8 ms buys the whole prompt
+    spend.prefill(0, 80, 80)
+    spend.boost_for_risk()
+    assert spend.time_s == pytest.approx(0.0) and spend.boost_s == 0.0
+    fresh = StepSpend(b, cfg, _cost(), num_decodes=1)
+    fresh.boost_for_risk()
+    assert fresh.time_s == pytest.approx(0.0045) and fresh.boost_s == pytest.approx(0.0035)

@@ -33,6 +33,7 @@ from scheduler_invariants import check_plan, check_state, check_time, snapshot
 from unifiedserve.block_manager import BlockManager
 from unifiedserve.config import POLICIES, EngineConfig
 from unifiedserve.cost_model import StepCostModel
+from unifiedserve.encoder_planner import block_attention_work
 from unifiedserve.request import Request, RequestStatus, VideoItem
 from unifiedserve.sampling_params import SamplingParams
 from unifiedserve.scheduler import Scheduler, SchedulerOutput
@@ -51,9 +52,12 @@ def make_video(rng: random.Random, offset: int) -> VideoItem:
     # A zero row expanded to the right shape: realistic layout, no memory.
     pixels = torch.zeros(1, PATCH_DIM).expand(num_patches, PATCH_DIM)
     # encoder_depth > 1: the planner may also cut a group's pass through the tower block by block.
+    depth = rng.choice([1, 1, 2, 4])
+    # Some blocks full-attention, some windowed: slices of one video differ in price per encoder token.
+    attention = block_attention_work(grid[1], grid[2], MERGE, [rng.random() < 0.5 for _ in range(depth)], 1)
     return VideoItem(pixel_values=pixels, grid_thw=grid, offset=offset,
                      tokens_per_group=grid[1] * grid[2] // MERGE**2, second_per_grid_t=1.0,
-                     encoder_depth=rng.choice([1, 1, 2, 4]))
+                     encoder_depth=depth, block_attention=attention)
 
 
 def make_request(rng: random.Random, request_id: str, arrival: float) -> Request:
@@ -184,7 +188,7 @@ def fixed_cost_model(rng: random.Random) -> StepCostModel:
     # A fixed cost per forward above the idle step cap too (a slow machine, a tight TPOT target).
     cost.llm.w[:] = [rng.choice([1e-3, 4e-3, 0.2]), rng.choice([2e-4, 1e-3]), rng.choice([1e-4, 1e-3]), 1e-3,
                      rng.choice([0.0, 2e-3]), rng.choice([0.0, 4e-3])]
-    cost.encoder.w[:] = [rng.choice([0.0, 1e-3]), rng.choice([2e-4, 2e-3])]
+    cost.encoder.w[:] = [rng.choice([0.0, 1e-3]), rng.choice([2e-4, 2e-3]), rng.choice([0.0, 1e-5])]
     return cost
 
 

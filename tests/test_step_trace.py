@@ -29,6 +29,6 @@ def test_trace_records_arrivals_steps_and_the_queue(tiny_model_path, tmp_path):
     first = steps[0]
     assert first["queue"] and all(isinstance(k, list) and k[1] in (True, False) for _, k in first["queue"])
     assert all(s["dur"] >= s["llm_s"] for s in steps)
-    # The prices each step was planned with: six LLM coefficients and two encoder ones, none negative.
-    assert all(len(s["llm_w"]) == 6 and len(s["enc_w"]) == 2 and min(s["llm_w"] + s["enc_w"]) >= 0 for s in steps)
+    # The prices each step was planned with: six LLM coefficients and three encoder ones, none negative.
+    assert all(len(s["llm_w"]) == 6 and len(s["enc_w"]) == 3 and min(s["llm_w"] + s["enc_w"]) >= 0 for s in steps)
     assert all(isinstance(s["burst"], bool) and s["attn"] >= 0 for s in steps)

@@ -2,7 +2,8 @@
 
 UnifiedServe keeps every running stream within its TPOT SLO: a step's predicted time = LLM time (a fixed part
 per forward + decode rows + prefill tokens + attention work + a fixed part for a forward on the CPU burst
-threads, cpu_threads.py) + encoder time (pieces started + encoder tokens carried through the tower). Decode
+threads, cpu_threads.py) + encoder time (pieces started + encoder tokens carried through the tower + the
+attention work of the blocks they went through, encoder_planner.py). Decode
 rows and prefill tokens have separate prices: on a CPU, and for small batches on a GPU, a decode row costs
 mostly the weight reads it shares with the rest of the batch while a prefill token costs its full matmuls.
 A forward over two or more rows also pays a fixed `batch_jump_s` a single-row forward does not: on a CPU a
@@ -51,6 +52,7 @@ class StepStats:
     num_encoder_pieces_started: int
     llm_s: float
     encoder_s: float
+    encoder_attention_work: float = 0.0  # thousands of patch pairs the encoder's blocks attended over
     token_budget: int = 0
     encoder_budget: float = 0.0
     target_s: float = 0.0  # the step's planned time (0: no target, the configured maxima applied)
@@ -111,14 +113,17 @@ class StepCostModel:
         # [1, decode rows, prefill tokens, attention kwork, ran on the burst threads, forward of >= 2 rows]
         self.llm = OnlineLinearFit(prior=[6e-3, 1e-3, 2.5e-4, 1e-4, 3e-3, 4e-3])
         self.bursts = bursts
-        self.encoder = OnlineLinearFit(prior=[3e-3, 1.5e-4])  # [pieces started, encoder tokens]
+        # [pieces started, encoder tokens, attention kwork]; small model, 2 threads, quiet VM: 1 ms to start a piece
+        # (patch embedding, rotary tables), 0.06 ms per encoder token, 1.1 us per thousand patch pairs.
+        self.encoder = OnlineLinearFit(prior=[1e-3, 6e-5, 1.1e-6])
 
     def observe(self, s: StepStats) -> None:
         if s.num_decode_tokens + s.num_prefill_tokens:
             self.llm.add(_llm_features(s.num_decode_tokens, s.num_prefill_tokens, s.attention_work, s.llm_burst),
                          s.llm_s)
         if s.encoder_tokens:
-            self.encoder.add([float(s.num_encoder_pieces_started), s.encoder_tokens], s.encoder_s)
+            self.encoder.add([float(s.num_encoder_pieces_started), s.encoder_tokens, s.encoder_attention_work],
+                             s.encoder_s)
 
     def llm_s(self, decode_tokens: int, prefill_tokens: int, attention_work: float, burst: bool = False) -> float:
         return self.llm.predict(_llm_features(decode_tokens, prefill_tokens, attention_work, burst))
@@ -137,8 +142,17 @@ class StepCostModel:
         """Marginal time of one prefill token that attends over `context` tokens."""
         return max(self.llm.w[2] + self.llm.w[3] * context / 1000.0, 1e-9)
 
-    def encoder_s(self, pieces_started: int, encoder_tokens: float) -> float:
-        return self.encoder.predict([float(pieces_started), encoder_tokens])
+    def encoder_s(self, pieces_started: int, encoder_tokens: float, attention_work: float = 0.0) -> float:
+        return self.encoder.predict([float(pieces_started), encoder_tokens, attention_work])
+
+    def encoder_work_s(self, work) -> float:
+        """Predicted time of one piece of encoder work (encoder_planner.EncoderWork)."""
+        return self.encoder_s(int(work.block_start == 0), work.num_tokens, work.attention_work)
+
+    def encoder_left_s(self, video) -> float:
+        """Encoder time a video still needs (its groups not yet out of the tower, through every block)."""
+        groups = video.num_groups - video.num_encoded_groups
+        return self.encoder_s(0, groups * video.tokens_per_group, groups * sum(video.block_attention))
 
     @property
     def encoder_token_s(self) -> float:
@@ -152,11 +166,10 @@ def _llm_features(decode_tokens: int, prefill_tokens: int, attention_work: float
 
 def min_time_to_first_token(cost: StepCostModel, req) -> float:
     """Lower bound of the execution time `req` still needs before its first token: its remaining encoder
-    tokens and prefill tokens at the cost model's marginal prices, as if it had the machine to itself."""
-    encoder_tokens = sum((v.num_groups - v.num_encoded_groups) * v.tokens_per_group for v in req.videos)
+    work and prefill tokens at the cost model's marginal prices, as if it had the machine to itself."""
     prefill = req.num_tokens - req.num_computed_tokens
     context = (req.num_computed_tokens + req.num_tokens) // 2
-    return encoder_tokens * cost.encoder_token_s + prefill * cost.prefill_token_s(context)
+    return sum(cost.encoder_left_s(v) for v in req.videos) + prefill * cost.prefill_token_s(context)
 
 
 def _stream_left_tokens(req) -> int:

@@ -134,6 +134,7 @@ class Engine:
             num_decode_tokens=plan.num_decodes, num_prefill_tokens=plan.num_prefill_tokens,
             attention_work=sum(c.num_tokens * c.end for c in plan.chunks) / 1000.0,
             encoder_tokens=plan.num_encoder_tokens,
+            encoder_attention_work=sum(w.attention_work for w in plan.encoder_work),
             num_encoder_pieces_started=sum(1 for w in plan.encoder_work if w.block_start == 0),
             llm_s=llm_s, encoder_s=encoder_s,
             llm_burst=self.runner.threads.llm_bursts(plan.num_prefill_tokens),

@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from unifiedserve.encoder_planner import block_attention_work
 from unifiedserve.errors import InvalidRequestError
 from unifiedserve.inputs import GenerationInput, VideoInput
 from unifiedserve.mrope import mrope_positions
@@ -35,7 +36,13 @@ class InputProcessor:
         self.eos_token_ids = eos_token_ids
         self.video_token_id: int = model_config.video_token_id
         self.tokens_per_second: float | None = getattr(model_config.vision_config, "tokens_per_second", None)
-        self.encoder_depth: int = model_config.vision_config.depth
+        vc = model_config.vision_config
+        self.encoder_depth: int = vc.depth
+        # Which blocks attend over the whole group (all of Qwen2-VL's; Qwen2.5-VL's fullatt_block_indexes) and the
+        # windows of the others, in merged tokens (HF: window_size // spatial_merge_size // patch_size).
+        full = getattr(vc, "fullatt_block_indexes", None)
+        self.full_attention_blocks = tuple(full is None or i in full for i in range(vc.depth))
+        self.window_merged = max(1, getattr(vc, "window_size", 0) // vision.merge_size // vision.patch_size)
 
     def process(
         self,
@@ -125,6 +132,8 @@ class InputProcessor:
             second_per_grid_t=self.vision.temporal_patch_size / video.sample_fps,
             content_key=video.content_key,
             encoder_depth=self.encoder_depth,
+            block_attention=block_attention_work(grid[1], grid[2], self.vision.merge_size, self.full_attention_blocks,
+                                                 self.window_merged),
         )
 
     def _fit_size(self, frames: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,8 @@ class VideoItem:
     embeddings: torch.Tensor | None = None  # [num_tokens, hidden], filled group by group
     num_encoded_groups: int = 0  # groups whose tokens are ready (they left the tower's last block)
     encoder_depth: int = 1  # blocks of the vision tower (1: the planner treats the tower as one unit)
+    # Attention work of one group through each block (encoder_planner.block_attention_work); () prices tokens only.
+    block_attention: tuple[float, ...] = ()
     piece_groups: tuple[int, int] | None = None  # groups part-way through the tower
     piece_blocks_done: int = 0  # blocks that piece has been through
     encoder_state: object = None  # the runner's hidden state of that piece (opaque to the scheduler)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from unifiedserve.config import EngineConfig
 from unifiedserve.cost_model import StepBudgets, StepCostModel
-from unifiedserve.encoder_planner import EncoderWork
+from unifiedserve.encoder_planner import EncoderBudget, EncoderWork
 from unifiedserve.request import Request
 
 
@@ -41,16 +41,12 @@ class StepSpend:
         self.encoder_closed = self.prefill_closed = False
 
     # encoder
-    def encoder_cap(self, req: Request) -> float:
+    def encoder_cap(self, req: Request) -> EncoderBudget:
         if self.encoder_closed:
-            return 0.0
+            return EncoderBudget(0.0)
         if not self.timed:
-            return self.encoder_tokens
-        # The planner may start up to two pieces per video (whole groups, then a partial one): reserve their
-        # fixed cost before converting the rest of the time into encoder tokens.
-        pending = sum(1 for v in req.videos if not v.fully_encoded)
-        time_s = self.time_s - 2 * pending * self.cost.encoder.w[0]
-        return max(0.0, min(self.encoder_tokens, time_s / self.cost.encoder_token_s))
+            return EncoderBudget(self.encoder_tokens)
+        return EncoderBudget(self.encoder_tokens, max(0.0, self.time_s), self.cost.encoder_work_s)
 
     def may_force(self, planned_encoder_work: list[EncoderWork]) -> bool:
         if not self.timed:
@@ -59,9 +55,8 @@ class StepSpend:
 
     def encoder(self, req: Request, work: list[EncoderWork]) -> None:
         if work:
-            used = sum(w.num_tokens for w in work)
-            self.encoder_tokens -= used
-            self.time_s -= self.cost.encoder_s(sum(1 for w in work if w.block_start == 0), used)
+            self.encoder_tokens -= sum(w.num_tokens for w in work)
+            self.time_s -= sum(self.cost.encoder_work_s(w) for w in work)
             self.progressed = True
         if self.timed and any(not v.fully_encoded for v in req.videos) and not _finishes_encoding(req, work):
             self.encoder_closed = True
@@ -69,10 +64,12 @@ class StepSpend:
     # prefill
     def boost_for_risk(self) -> None:
         """Once per step, for the first request walked whose TTFT deadline is at risk (the most urgent one)."""
-        if self.risk_boost_s > 0:
-            self.time_s += self.risk_boost_s
-            self.boost_s = max(0.0, self.boost_s - self.risk_boost_s)
-            self.risk_boost_s = 0.0
+        # Part of the boost, so never more than what a prompt-finishing prefill left of it.
+        extra = min(self.risk_boost_s, self.boost_s)
+        if extra > 0:
+            self.time_s += extra
+            self.boost_s -= extra
+        self.risk_boost_s = 0.0
 
     def prefill_cap(self, context: int, wanted: int, may_boost: bool = False) -> int:
         if self.prefill_closed or self.tokens <= 0:

@@ -32,7 +32,9 @@ class StepTrace:
             "ev": "step", "t": stats.start_s, "dur": round(stats.end_s - stats.start_s, 5),
             "enc_s": round(stats.encoder_s, 5), "llm_s": round(stats.llm_s, 5), "decodes": plan.num_decodes,
             "prefill": [[c.request.request_id, c.num_tokens] for c in plan.chunks[plan.num_decodes:]],
-            "encoder": [[w.request.request_id, round(w.num_tokens, 1)] for w in plan.encoder_work],
+            # Each slice: request, encoder tokens, groups, first block, blocks, attention kwork (the price's inputs).
+            "encoder": [[w.request.request_id, round(w.num_tokens, 1), w.group_end - w.group_start, w.block_start,
+                         w.num_blocks, round(w.attention_work, 1)] for w in plan.encoder_work],
             "target_s": stats.target_s, "budget": stats.token_budget,
             "attn": round(stats.attention_work, 3), "burst": stats.llm_burst,  # with the above: the fit's features
             # The fitted prices the step was planned with: a drifting fit shows up as budgets that shrink.
