@@ -318,3 +318,16 @@ def test_the_risk_boost_is_part_of_the_boost_not_on_top_of_it():
     fresh = StepSpend(b, cfg, _cost(), num_decodes=1)
     fresh.boost_for_risk()
     assert fresh.time_s == pytest.approx(0.0045) and fresh.boost_s == pytest.approx(0.0035)
+
+
+def test_a_request_at_risk_may_spend_half_the_tpot_noise_margin_when_nothing_is_banked():
+    """Streams exactly at their headroom target (mean TPOT = 0.9 x SLO) bank no slack, so before there was no
+    risk boost; half the margin up to the SLO is 0.05 x SLO per gap so far (25 ms here), capped at a quarter of a
+    per-gap target."""
+    cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=0.9, max_num_batched_tokens=4096,
+                       encoder_budget_tokens=4096)
+    at_target = _decoders(1, 100, outputs=10, first_token_time=0.0)
+    b = step_budgets(cfg, _cost(intercept=0.005), at_target, [], now=0.45)
+    assert b.boost_s == 0.0 and b.risk_boost_s == pytest.approx(0.25 * 0.045)
+    behind = _decoders(1, 100, outputs=10, first_token_time=0.0)
+    assert step_budgets(cfg, _cost(intercept=0.005), behind, [], now=0.48).risk_boost_s == 0.0  # past the midpoint

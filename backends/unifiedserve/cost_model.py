@@ -270,6 +270,23 @@ def step_target_s(config, decoders: Sequence, candidates: Sequence, now: float
     return (2.0 * min(slos) / 1000.0, 0.0, math.inf) if slos else None
 
 
+def risk_slack_s(config, decoders: Sequence, now: float) -> float:
+    """The time one step may take, for a request whose TTFT deadline is at risk, so that every stream's mean TPOT
+    stays under the midpoint of its SLO x `tpot_headroom` and the SLO itself: half of the noise margin the
+    per-gap target keeps is worth spending on a first token that would otherwise come late. Served (2026-12-06,
+    step trace at 2.0 req/s): two streams decoding at their headroom target left a 95-token question 4-15 tokens
+    per step until its 119 ms deadline passed (first token after 938 ms), while `blocking` prefilled such
+    questions in one step and its streams still met the SLO."""
+    slack = math.inf
+    for r in decoders:
+        slo = (r.tpot_slo_ms or config.tpot_slo_ms) / 1000.0
+        first = getattr(r, "first_token_time", None)
+        if slo <= 0 or first is None:
+            continue
+        slack = min(slack, slo * (1.0 + config.tpot_headroom) / 2.0 * r.num_output_tokens - (now - first))
+    return max(0.0, slack) if math.isfinite(slack) else 0.0
+
+
 def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Sequence, now: float) -> StepBudgets:
     """Budgets for one step: the configured maxima, and (policy `unified` with a TPOT target) the time
     headroom left under the step's target after the predicted decode time. `tokens` / `encoder_tokens`
@@ -312,6 +329,9 @@ def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Se
     # a 114-token question beside one stream needed 49 % of each step and got 30 % (~12 tokens per 11 ms
     # step), reached its 140 ms deadline with 12 tokens to go, and was then demoted as late (step trace,
     # 0.686 req/s).
-    risk_boost = min(boost, 0.25 * per_gap) if math.isfinite(per_gap) and not paced else 0.0
+    # It may also draw on half the TPOT noise margin (risk_slack_s), so it exists when no slack is banked under the
+    # headroom target too.
+    at_risk = max(boost, risk_slack_s(config, decoders, now) - max(target, 0.0))
+    risk_boost = min(at_risk, 0.25 * per_gap) if math.isfinite(per_gap) and not paced else 0.0
     return StepBudgets(min(tokens, config.max_num_batched_tokens), min(encoder, float(config.encoder_budget_tokens)),
                        headroom, target, boost, not no_forced, risk_boost)

@@ -64,12 +64,12 @@ class StepSpend:
     # prefill
     def boost_for_risk(self) -> None:
         """Once per step, for the first request walked whose TTFT deadline is at risk (the most urgent one)."""
-        # Part of the boost, so never more than what a prompt-finishing prefill left of it.
-        extra = min(self.risk_boost_s, self.boost_s)
-        if extra > 0:
-            self.time_s += extra
-            self.boost_s -= extra
-        self.risk_boost_s = 0.0
+        # The boost and the risk boost are drawn from the same streams' slack: what one spends, the other loses
+        # (a prompt-finishing prefill that took the boost leaves the risk boost only what exceeds it).
+        if self.risk_boost_s > 0:
+            self.time_s += self.risk_boost_s
+            self.boost_s = max(0.0, self.boost_s - self.risk_boost_s)
+            self.risk_boost_s = 0.0
 
     def prefill_cap(self, context: int, wanted: int, may_boost: bool = False) -> int:
         if self.prefill_closed or self.tokens <= 0:
@@ -80,6 +80,7 @@ class StepSpend:
         price = self.cost.prefill_token_s(context + n // 2)
         afford = self._affordable(n, price, self.time_s)
         if afford < n and may_boost and n == wanted and self._affordable(n, price, self.time_s + self.boost_s) >= n:
+            self.risk_boost_s = max(0.0, self.risk_boost_s - self.boost_s)
             self.time_s, self.boost_s = self.time_s + self.boost_s, 0.0  # once per step
             afford = n
         if afford < n:
