@@ -32,3 +32,28 @@ def test_trace_records_arrivals_steps_and_the_queue(tiny_model_path, tmp_path):
     # The prices each step was planned with: six LLM coefficients and three encoder ones, none negative.
     assert all(len(s["llm_w"]) == 6 and len(s["enc_w"]) == 3 and min(s["llm_w"] + s["enc_w"]) >= 0 for s in steps)
     assert all(isinstance(s["burst"], bool) and s["attn"] >= 0 for s in steps)
+
+
+def test_the_trace_report_prices_encoder_slices_and_tells_a_request_story(tiny_model_path, tmp_path):
+    """scripts/step_trace_report.py on a real trace: a video request under a TPOT target is encoded in slices, each
+    recorded with its groups, blocks and attention; the report compares them with their planned price."""
+    import step_trace_report  # scripts/ is on sys.path (conftest)
+    from engine_helpers import synthetic_frames
+
+    from unifiedserve import VideoInput
+
+    path = tmp_path / "trace.jsonl"
+    engine = Engine(EngineConfig(model_path=tiny_model_path, dtype="float32", device="cpu", trace_path=str(path),
+                                 tpot_slo_ms=5.0))
+    video = VideoInput(synthetic_frames(8, 112, 140, seed=1), sample_fps=2.0)
+    engine.generate([GenerationInput(text="What happens?", videos=(video,)), GenerationInput(text="Hi")],
+                    SamplingParams(max_tokens=6, ignore_eos=True))
+    engine.trace.close()
+    steps = [x for x in map(json.loads, path.read_text().splitlines()) if x["ev"] == "step"]
+    slices = [e for s in steps for e in s["encoder"]]
+    assert slices and all(len(e) == 6 and e[2] >= 1 and e[4] >= 1 and e[5] > 0 for e in slices)
+    report = step_trace_report.prices(path)
+    assert report["encoder_actual_over_planned"]["n"] == sum(1 for s in steps if s["encoder"])
+    video_id = next(x["id"] for x in map(json.loads, path.read_text().splitlines()) if x.get("videos"))
+    lines = step_trace_report.story(path, video_id)
+    assert lines[0].startswith(f"arrival {video_id}") and any("encoder [[" in line for line in lines[1:])
