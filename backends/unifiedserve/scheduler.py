@@ -155,7 +155,7 @@ class Scheduler:
                 continue
             if self._ttft_at_risk(req, budgets, now, num_decodes):
                 spend.boost_for_risk()
-            work = plan_encoder(req, spend.encoder_cap(req), self.policy.slices_encoder,
+            work = plan_encoder(req, spend.encoder_cap(), self.policy.slices_encoder,
                                 allow_minimum=spend.may_force(out.encoder_work))
             out.encoder_work.extend(work)
             spend.encoder(req, work)

@@ -41,7 +41,7 @@ class StepSpend:
         self.encoder_closed = self.prefill_closed = False
 
     # encoder
-    def encoder_cap(self, req: Request) -> EncoderBudget:
+    def encoder_cap(self) -> EncoderBudget:
         if self.encoder_closed:
             return EncoderBudget(0.0)
         if not self.timed:
