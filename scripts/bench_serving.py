@@ -96,6 +96,10 @@ SYSTEMS = {s.name: s for s in (
     # Ablation: every gap under the TPOT target x headroom (no banked slack spent on longer steps).
     System("ours-gap1", REPO / "model_repository", {"MLLM_ENGINE_TPOT_MAX_GAP_FACTOR": "1"},
            "FlashCodec + UnifiedServe, every step capped at the per-gap TPOT target"),
+    # Ablation: a stream behind its mean TPOT gets decode-only steps until it caught up, even when its remaining
+    # length is certain (no TPOT credit, unifiedserve/tpot_slack.py).
+    System("ours-nocredit", REPO / "model_repository", {"MLLM_ENGINE_TPOT_CREDIT_FRACTION": "0"},
+           "FlashCodec + UnifiedServe without the TPOT credit of streams of certain length"),
     # Ablation: FlashCodec's CPU decoders at the engine's OS priority (flashcodec/cpu_priority.py).
     System("ours-nonice", REPO / "model_repository", {"MLLM_FLASHCODEC_CPU_NICE": "0"},
            "FlashCodec + UnifiedServe, CPU decoders not niced below the engine"),

@@ -16,9 +16,9 @@ from unifiedserve.cost_model import (
     StepStats,
     paced_share,
     step_budgets,
-    step_target_s,
 )
 from unifiedserve.step_spend import StepSpend
+from unifiedserve.tpot_slack import step_target_s
 
 
 def test_fit_recovers_known_costs_from_noisy_samples():

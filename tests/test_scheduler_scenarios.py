@@ -21,7 +21,9 @@ MERGE = 2
 
 # ---- hand-made scenarios ------------------------------------------------------------------------------
 def _text_request(rid: str, n: int, max_tokens: int = 10, priority: int = 0, arrival: float = 0.0) -> Request:
-    req = Request(rid, list(range(n)), SamplingParams(max_tokens=max_tokens), priority=priority, arrival_time=arrival)
+    # An ordinary answer: an end-of-sequence token may end it any step (no TPOT credit, tpot_slack.py).
+    req = Request(rid, list(range(n)), SamplingParams(max_tokens=max_tokens), priority=priority, arrival_time=arrival,
+                  eos_token_ids=frozenset({2}))
     req.max_total_tokens = 10**6
     return req
 

@@ -32,6 +32,11 @@ class EngineConfig:
     # made prefill beside a decoding stream run in ~8-token chunks that each paid a forward's fixed part and the
     # batch jump (0.6 prefill tokens/ms vs 2.4 in a 70-token chunk, measured 2026-12-05). 1: every gap <= target.
     tpot_max_gap_factor: float = 3.0
+    # unified: a stream whose remaining length is certain (ignore_eos, no stop strings) lends a step this fraction
+    # of the slack its remaining decode-only steps will earn (tpot_slack.py; 0: only the slack banked so far).
+    # Without it a stream behind its mean got decode-only steps until it caught up, while a video's first token
+    # waited (serving benchmark, 2026-12-06: 2075 of 21041 steps, a 60 s clip's TTFT 4.7 s against 3.0 s).
+    tpot_credit_fraction: float = 0.5
     # unified, streams decoding: prefill/encoder work gets only the share of each step it needs to finish every
     # request's first-token work by this fraction of its TTFT SLO (0: always fill the TPOT target). Filling it
     # at low load made streams overlapping a video encode run at the TPOT SLO instead of their unloaded speed.
@@ -71,6 +76,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.tpot_max_gap_factor < 1.0:
             raise ValueError(f"tpot_max_gap_factor must be >= 1, got {self.tpot_max_gap_factor}")
+        if not 0.0 <= self.tpot_credit_fraction < 1.0:
+            raise ValueError(f"tpot_credit_fraction must be in [0, 1), got {self.tpot_credit_fraction}")
         if not 0.0 <= self.ttft_pace_fraction <= 1.0:
             raise ValueError(f"ttft_pace_fraction must be in [0, 1], got {self.ttft_pace_fraction}")
         for name in ("max_num_seqs", "max_num_batched_tokens", "encoder_budget_tokens", "block_size"):

@@ -15,10 +15,11 @@ price. Priced linearly, paced steps that added a few tokens to one stream ran 21
 Coefficients are refitted by least squares over a sliding window of measured steps (non-negative, with a prior
 until enough samples exist), so the budgets follow the real machine (the jump too, whatever it is on a GPU).
 
-The step's time target (`step_target_s`) comes from the running streams' TPOT SLOs: every stream's mean TPOT
-stays under the tightest SLO x `tpot_headroom`; one gap may take up to `tpot_max_gap_factor` x that when the
-streams' faster gaps banked the slack, and a stream whose mean TPOT so far has used up its slack (a slow
-earlier step, a preemption) gets decode-only steps until it is back under its SLO. Decodes are planned
+The step's time target (`step_target_s`, tpot_slack.py) comes from the running streams' TPOT SLOs: every
+stream's mean TPOT stays under the tightest SLO x `tpot_headroom`; one gap may take up to `tpot_max_gap_factor` x
+that when the streams' faster gaps banked the slack (or their certain remaining steps will earn it), and a
+stream whose mean TPOT so far has used up its slack (a slow earlier step, a preemption) gets decode-only steps
+until it is back under its SLO. Decodes are planned
 first; what is left of the target is the time headroom that prefill chunks and encoder slices share, in
 urgency order (scheduler.py).
 
@@ -37,6 +38,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from unifiedserve.tpot_slack import risk_slack_s, step_target_s, stream_left_tokens
 
 
 @dataclass
@@ -172,13 +175,6 @@ def min_time_to_first_token(cost: StepCostModel, req) -> float:
     return sum(cost.encoder_left_s(v) for v in req.videos) + prefill * cost.prefill_token_s(context)
 
 
-def _stream_left_tokens(req) -> int:
-    """Upper bound of the decode steps a running stream still takes (max_tokens, or the length cap)."""
-    by_max = req.sampling_params.max_tokens - req.num_output_tokens
-    by_len = req.max_total_tokens - req.num_tokens if req.max_total_tokens else by_max
-    return max(0, min(by_max, by_len))
-
-
 def paced_share(cost: StepCostModel, decoders: Sequence, candidates: Sequence, now: float, fraction: float,
                 fixed_s: float) -> float:
     """The share of each step's time that prefill and encoder work needs while the `decoders` stream, so that
@@ -197,7 +193,7 @@ def paced_share(cost: StepCostModel, decoders: Sequence, candidates: Sequence, n
         if req.ttft_slo_ms is None or req.first_token_time is not None:
             return 1.0
         due.append((req.arrival_time + fraction * req.ttft_slo_ms / 1000.0, min_time_to_first_token(cost, req)))
-    streams_s = max((_stream_left_tokens(r) for r in decoders), default=0) * fixed_s
+    streams_s = max((stream_left_tokens(r) for r in decoders), default=0) * fixed_s
     share, work = 0.0, 0.0
     for deadline, need in sorted(due):
         work += need
@@ -229,76 +225,18 @@ class StepBudgets:
         return not math.isinf(self.time_s)
 
 
-def step_target_s(config, decoders: Sequence, candidates: Sequence, now: float
-                  ) -> tuple[float, float, float] | None:
-    """(target, boost, per-gap target) for one step's time (policy `unified`), or None when no TPOT target
-    applies.
-
-    With streams decoding: the per-gap target is the tightest TPOT SLO x `tpot_headroom`; a step may take up to
-    `tpot_max_gap_factor` per-gap targets but never past a stream's slack: the time this step may take so that
-    the mean TPOT of the stream's gaps so far stays under its SLO x `tpot_headroom` (a stream that lost time to a
-    slow step or a preemption gets decode-only steps until it is back). The boost is what the slack allows
-    beyond the target, up to twice the per-gap target (or the gap cap, if larger).
-    Without decoders: `max_idle_step_ms` (default 2 x the TPOT target), so that a request arriving during a
-    long prefill or encoder step waits at most that long before the scheduler sees it.
-    """
-    if config.policy != "unified":
-        return None
-    if decoders:
-        slos = [(r, (r.tpot_slo_ms or config.tpot_slo_ms) / 1000.0) for r in decoders]
-        slos = [(r, s) for r, s in slos if s > 0]
-        if not slos:
-            return None
-        per_gap = min(s for _, s in slos) * config.tpot_headroom
-        slack = math.inf
-        for r, slo in slos:
-            first = getattr(r, "first_token_time", None)
-            if first is not None:  # after this step the stream has num_output_tokens gaps
-                # The mean is steered to SLO x headroom too: steered to the SLO itself, streams ended 0.5-1 %
-                # above it as the client measured them (serving benchmark, 2026-11-21).
-                slack = min(slack, slo * config.tpot_headroom * r.num_output_tokens - (now - first))
-            else:  # no gap measured yet: nothing banked
-                slack = min(slack, per_gap)
-        # One gap may run past the per-gap target up to tpot_max_gap_factor x it, paid from the slack: a few long
-        # steps with big prefill chunks, then decode-only steps that earn the slack back (the mean stays steered).
-        gap_cap = per_gap * config.tpot_max_gap_factor
-        target = min(gap_cap, slack)
-        return target, max(0.0, min(slack, max(2.0 * per_gap, gap_cap)) - max(target, 0.0)), per_gap
-    if config.max_idle_step_ms > 0:
-        return config.max_idle_step_ms / 1000.0, 0.0, math.inf
-    slos = [s for s in [config.tpot_slo_ms] + [r.tpot_slo_ms or 0.0 for r in candidates] if s > 0]
-    return (2.0 * min(slos) / 1000.0, 0.0, math.inf) if slos else None
-
-
-def risk_slack_s(config, decoders: Sequence, now: float) -> float:
-    """The time one step may take, for a request whose TTFT deadline is at risk, so that every stream's mean TPOT
-    stays under the midpoint of its SLO x `tpot_headroom` and the SLO itself: half of the noise margin the
-    per-gap target keeps is worth spending on a first token that would otherwise come late. Served (2026-12-06,
-    step trace at 2.0 req/s): two streams decoding at their headroom target left a 95-token question 4-15 tokens
-    per step until its 119 ms deadline passed (first token after 938 ms), while `blocking` prefilled such
-    questions in one step and its streams still met the SLO."""
-    slack = math.inf
-    for r in decoders:
-        slo = (r.tpot_slo_ms or config.tpot_slo_ms) / 1000.0
-        first = getattr(r, "first_token_time", None)
-        if slo <= 0 or first is None:
-            continue
-        slack = min(slack, slo * (1.0 + config.tpot_headroom) / 2.0 * r.num_output_tokens - (now - first))
-    return max(0.0, slack) if math.isfinite(slack) else 0.0
-
-
 def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Sequence, now: float) -> StepBudgets:
     """Budgets for one step: the configured maxima, and (policy `unified` with a TPOT target) the time
     headroom left under the step's target after the predicted decode time. `tokens` / `encoder_tokens`
     are then what the headroom would buy if all of it went to prefill (at no context) / to the encoder;
     the scheduler spends the headroom itself, request by request, at each request's context."""
     full = StepBudgets(config.max_num_batched_tokens, float(config.encoder_budget_tokens))
-    planned = step_target_s(config, decoders, candidates, now)
+    decode_attention = sum(r.num_tokens for r in decoders) / 1000.0
+    decode_s = cost.llm_s(len(decoders), 0, decode_attention)
+    planned = step_target_s(config, decoders, candidates, now, decode_s)
     if planned is None:
         return full
     target, boost, per_gap = planned
-    decode_attention = sum(r.num_tokens for r in decoders) / 1000.0
-    decode_s = cost.llm_s(len(decoders), 0, decode_attention)
     unpaced, share, paced = target, 1.0, False
     if decoders and candidates and config.ttft_pace_fraction > 0:
         # A step of time T spends T - fixed on prefill/encoder work; that share must reach the pace.
@@ -331,7 +269,7 @@ def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Se
     # 0.686 req/s).
     # It may also draw on half the TPOT noise margin (risk_slack_s), so it exists when no slack is banked under the
     # headroom target too.
-    at_risk = max(boost, risk_slack_s(config, decoders, now) - max(target, 0.0))
+    at_risk = max(boost, risk_slack_s(config, decoders, now, decode_s) - max(target, 0.0))
     risk_boost = min(at_risk, 0.25 * per_gap) if math.isfinite(per_gap) and not paced else 0.0
     return StepBudgets(min(tokens, config.max_num_batched_tokens), min(encoder, float(config.encoder_budget_tokens)),
                        headroom, target, boost, not no_forced, risk_boost)
