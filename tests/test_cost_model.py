@@ -39,8 +39,10 @@ def test_coefficients_never_go_negative():
 
 def _decoders(n: int, context: int, tpot_slo_ms: float | None = None, outputs: int = 1,
               first_token_time: float | None = None, max_tokens: int = 10**6):
+    # Ordinary answers: an end-of-sequence token may end them (no TPOT credit, tpot_slack.py).
     return [SimpleNamespace(num_tokens=context, tpot_slo_ms=tpot_slo_ms, num_output_tokens=outputs,
-                            first_token_time=first_token_time, sampling_params=SimpleNamespace(max_tokens=max_tokens),
+                            first_token_time=first_token_time, eos_token_ids=frozenset({2}),
+                            sampling_params=SimpleNamespace(max_tokens=max_tokens, stop=()),
                             max_total_tokens=0) for _ in range(n)]
 
 

@@ -23,7 +23,7 @@ def stream_left_tokens(req) -> int:
 def guaranteed_steps_after_this(req) -> int:
     """Decode steps `req` will surely take after this step's: its remaining length when only the length limits
     can end it (ignore_eos, no stop strings), else 0 (an end-of-sequence token may be the next one)."""
-    if getattr(req, "eos_token_ids", True) or req.sampling_params.stop:
+    if req.eos_token_ids or req.sampling_params.stop:
         return 0
     return max(0, stream_left_tokens(req) - 1)
 
@@ -37,6 +37,13 @@ def tpot_credit_s(config, req, slo_s: float, decode_s: float | None) -> float:
         return 0.0
     earning = slo_s * config.tpot_headroom - decode_s
     return config.tpot_credit_fraction * guaranteed_steps_after_this(req) * earning if earning > 0 else 0.0
+
+
+def _stream_slack_s(config, req, slo_s: float, level: float, now: float, decode_s: float | None) -> float:
+    """The time this step may take so that `req`'s mean TPOT after it stays under `level` x its SLO: what its gaps so
+    far banked (after this step it has num_output_tokens gaps) plus its credit."""
+    banked = slo_s * level * req.num_output_tokens - (now - req.first_token_time)
+    return banked + tpot_credit_s(config, req, slo_s, decode_s)
 
 
 def step_target_s(config, decoders: Sequence, candidates: Sequence, now: float, decode_s: float | None = None
@@ -63,12 +70,10 @@ def step_target_s(config, decoders: Sequence, candidates: Sequence, now: float, 
         per_gap = min(s for _, s in slos) * config.tpot_headroom
         slack = math.inf
         for r, slo in slos:
-            first = getattr(r, "first_token_time", None)
-            if first is not None:  # after this step the stream has num_output_tokens gaps
+            if getattr(r, "first_token_time", None) is not None:
                 # The mean is steered to SLO x headroom too: steered to the SLO itself, streams ended 0.5-1 %
                 # above it as the client measured them (serving benchmark, 2026-11-21).
-                banked = slo * config.tpot_headroom * r.num_output_tokens - (now - first)
-                slack = min(slack, banked + tpot_credit_s(config, r, slo, decode_s))
+                slack = min(slack, _stream_slack_s(config, r, slo, config.tpot_headroom, now, decode_s))
             else:  # no gap measured yet: nothing banked
                 slack = min(slack, per_gap)
         # One gap may run past the per-gap target up to tpot_max_gap_factor x it, paid from the slack: a few long
@@ -92,9 +97,7 @@ def risk_slack_s(config, decoders: Sequence, now: float, decode_s: float | None 
     slack = math.inf
     for r in decoders:
         slo = (r.tpot_slo_ms or config.tpot_slo_ms) / 1000.0
-        first = getattr(r, "first_token_time", None)
-        if slo <= 0 or first is None:
+        if slo <= 0 or getattr(r, "first_token_time", None) is None:
             continue
-        banked = slo * (1.0 + config.tpot_headroom) / 2.0 * r.num_output_tokens - (now - first)
-        slack = min(slack, banked + tpot_credit_s(config, r, slo, decode_s))
+        slack = min(slack, _stream_slack_s(config, r, slo, (1.0 + config.tpot_headroom) / 2.0, now, decode_s))
     return max(0.0, slack) if math.isfinite(slack) else 0.0
