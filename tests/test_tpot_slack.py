@@ -12,7 +12,7 @@ from unifiedserve.cost_model import StepCostModel, step_budgets
 from unifiedserve.request import Request
 from unifiedserve.sampling_params import SamplingParams
 from unifiedserve.scheduler import Scheduler
-from unifiedserve.tpot_slack import guaranteed_steps_after_this, step_target_s
+from unifiedserve.tpot_slack import can_meet_slo, guaranteed_steps_after_this, risk_slack_s, step_target_s
 
 
 def _stream(outputs: int, max_tokens: int, first_token_time: float = 0.0, certain: bool = True,
@@ -35,6 +35,37 @@ def test_only_a_stream_that_nothing_but_its_length_can_end_has_certain_steps():
     assert guaranteed_steps_after_this(_stream(10, 50, stop=("\n",))) == 0  # so may a stop string
     assert guaranteed_steps_after_this(_stream(10, 50, max_total_tokens=115)) == 4  # the length cap comes first
     assert guaranteed_steps_after_this(_stream(50, 50)) == 0
+
+
+def test_a_stream_that_decode_only_steps_cannot_bring_under_its_slo_is_lost():
+    """50 ms SLO; 10 tokens (9 gaps) took 600 ms. With 40 more tokens at most, 49 gaps may take 2.45 s: decode-only
+    steps of 10 ms (1.0 s) or 45 ms (2.4 s) still make it, 47 ms steps (2.48 s) do not; 2 more tokens never do."""
+    assert can_meet_slo(_stream(10, 50), 0.05, now=0.6, decode_s=0.010)
+    assert can_meet_slo(_stream(10, 50), 0.05, now=0.6, decode_s=0.045)
+    assert not can_meet_slo(_stream(10, 50), 0.05, now=0.6, decode_s=0.047)
+    assert not can_meet_slo(_stream(10, 12), 0.05, now=0.6, decode_s=0.010)
+    # An answer an EOS may end is judged by its longest possible length; no price or no token yet: not lost.
+    assert can_meet_slo(_stream(10, 50, certain=False), 0.05, now=0.6, decode_s=0.045)
+    assert can_meet_slo(_stream(10, 12), 0.05, now=0.6, decode_s=None)
+    assert can_meet_slo(_stream(0, 12, first_token_time=None), 0.05, now=0.6, decode_s=0.010)
+
+
+def test_a_lost_stream_sets_no_target_and_does_not_hold_back_waiting_work():
+    """Two streams, 50 ms SLO, headroom 1, decode-only steps of 10 ms. `lost` (2 tokens left, 100 ms over) cannot
+    meet its SLO: the steps follow `fine` alone; with only lost streams they are timed as if none decoded (the idle
+    cap, 2 x the SLO) and the forced unit stays, instead of decode-only catch-up steps that save nobody."""
+    cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=1.0, tpot_max_gap_factor=1.0,
+                       tpot_credit_fraction=0.0)
+    lost, fine = _stream(10, 12), _stream(10, 50, first_token_time=0.3)  # fine: 9 gaps in 300 ms, 200 ms banked
+    assert step_target_s(cfg, [lost, fine], [], now=0.6, decode_s=0.010) == step_target_s(
+        cfg, [fine], [], now=0.6, decode_s=0.010)
+    assert step_target_s(cfg, [lost], [], now=0.6, decode_s=0.010) == (0.1, 0.0, float("inf"))
+    b = step_budgets(cfg, _cost(0.010), [lost], [], now=0.6)
+    assert abs(b.target_s - 0.1) < 1e-9 and abs(b.time_s - 0.09) < 1e-9 and b.allow_forced
+    assert risk_slack_s(cfg, [lost], now=0.6, decode_s=0.010) == 0.0  # it has no slack to lend, nor to guard
+    # The same stream with 40 tokens left can still make it: decode-only steps, no forced unit.
+    b = step_budgets(cfg, _cost(0.010), [_stream(10, 50)], [], now=0.6)
+    assert b.time_s == 0.0 and not b.allow_forced
 
 
 def test_a_stream_behind_its_mean_lends_part_of_what_its_certain_steps_will_earn():

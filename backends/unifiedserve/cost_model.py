@@ -257,9 +257,9 @@ def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Se
     # No forced unit while the work is paced: a unit larger than the paced headroom (one group through one block
     # of a 720p video) made every step overrun the TPOT target (measured: p99 TPOT 25 ms, SLO 18.5 ms); the pace
     # rises as the deadline nears until the headroom holds a unit. Nor while a stream behind its TPOT slack
-    # catches up with decode-only steps, when decode steps alone fit the per-gap target (else it never could,
-    # and waiting requests would starve).
-    no_forced = share < 1.0 or (bool(decoders) and unpaced < decode_s < per_gap)
+    # catches up with decode-only steps: every stream that sets the target can still meet its SLO that way
+    # (step_target_s leaves out those that cannot, so waiting requests starve only while one still can).
+    no_forced = share < 1.0 or (math.isfinite(per_gap) and unpaced < decode_s)
     # A request that would miss its TTFT deadline at the normal pace may spend part of the slack on any of its
     # work (encoder slices too), at most a quarter of a per-gap target more: a bounded longer gap now, not a late
     # request (half a target measured 94.9% SLO attainment but a 1.50x p99 gap ratio). Not while the work is

@@ -176,6 +176,11 @@ class Scheduler:
             # while another started) wait for each other forever: only decodes used to preempt.
             while not is_new and n > self._room_for(req) and self._preempt_less_urgent(req, out):
                 pass
+            if is_new and n > 0 and self._room_for(req) <= 0:
+                # Fix (deadlock, fuzz trace): a newcomer more urgent than running requests demoted as late, with
+                # every block held by them, closed prefill for them too: nothing ran, nothing freed a block. A
+                # newcomer that does not fit waits (vLLM admits none when blocks run out); the running go on.
+                continue
             n = max(0, min(n, self._room_for(req)))
             spend.prefill(req.num_computed_tokens, n, wanted)
             if n == 0:
