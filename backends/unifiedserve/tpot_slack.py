@@ -54,6 +54,12 @@ def can_meet_slo(req, slo_s: float, now: float, decode_s: float | None) -> bool:
     return (now - req.first_token_time) + left * decode_s <= slo_s * gaps_at_end
 
 
+def _stream_slos(config, decoders: Sequence) -> list[tuple]:
+    """(stream, its TPOT SLO in seconds) for the decoding streams that have one (their own, else the config's)."""
+    slos = [(r, (r.tpot_slo_ms or config.tpot_slo_ms) / 1000.0) for r in decoders]
+    return [(r, s) for r, s in slos if s > 0]
+
+
 def _stream_slack_s(config, req, slo_s: float, level: float, now: float, decode_s: float | None) -> float:
     """The time this step may take so that `req`'s mean TPOT after it stays under `level` x its SLO: what its gaps so
     far banked (after this step it has num_output_tokens gaps) plus its credit."""
@@ -79,13 +85,10 @@ def step_target_s(config, decoders: Sequence, candidates: Sequence, now: float, 
     """
     if config.policy != "unified":
         return None
-    slos = []
-    if decoders:
-        slos = [(r, (r.tpot_slo_ms or config.tpot_slo_ms) / 1000.0) for r in decoders]
-        slos = [(r, s) for r, s in slos if s > 0]
-        if not slos:
-            return None
-        slos = [(r, s) for r, s in slos if can_meet_slo(r, s, now, decode_s)]
+    slos = _stream_slos(config, decoders)
+    if decoders and not slos:
+        return None
+    slos = [(r, s) for r, s in slos if can_meet_slo(r, s, now, decode_s)]
     if slos:
         per_gap = min(s for _, s in slos) * config.tpot_headroom
         slack = math.inf
@@ -115,9 +118,8 @@ def risk_slack_s(config, decoders: Sequence, now: float, decode_s: float | None 
     4-15 tokens per step until its 119 ms deadline passed (first token after 938 ms), while `blocking` prefilled
     such questions in one step and its streams still met the SLO."""
     slack = math.inf
-    for r in decoders:
-        slo = (r.tpot_slo_ms or config.tpot_slo_ms) / 1000.0
-        if slo <= 0 or getattr(r, "first_token_time", None) is None or not can_meet_slo(r, slo, now, decode_s):
+    for r, slo in _stream_slos(config, decoders):
+        if getattr(r, "first_token_time", None) is None or not can_meet_slo(r, slo, now, decode_s):
             continue
         slack = min(slack, _stream_slack_s(config, r, slo, (1.0 + config.tpot_headroom) / 2.0, now, decode_s))
     return max(0.0, slack) if math.isfinite(slack) else 0.0
