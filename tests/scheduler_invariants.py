@@ -195,10 +195,10 @@ def check_time(s: Scheduler, out: SchedulerOutput, ctx: str) -> str | None:
         planned += c.num_tokens * cost.prefill_token_s(c.start + c.num_tokens // 2)
     if planned <= b.time_s + 1e-9:
         return None
-    if planned <= b.time_s + b.risk_boost_s + 1e-9:  # a request whose TTFT deadline was at risk spent it
-        return "risk"
     if planned <= b.time_s + b.boost_s + 1e-9 and any(c.samples for c in prefills):
         return "boost"
+    if planned <= b.time_s + b.risk_boost_s + 1e-9:  # a request whose TTFT deadline was at risk spent it
+        return "risk"
     forced_encoder = (len(out.encoder_work) == 1 and not prefills and out.encoder_work[0].num_blocks == 1)
     forced_prefill = (not out.encoder_work and len(prefills) == 1
                       and prefills[0].num_tokens <= s.config.min_prefill_chunk)

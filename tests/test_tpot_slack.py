@@ -134,28 +134,36 @@ def test_a_waiting_prompt_moves_beside_a_stream_behind_its_mean_only_when_its_le
     assert [(x.request.request_id, x.num_tokens) for x in out.chunks] == expected
 
 
-@pytest.mark.parametrize(("behind_ms", "expected"), [(5.0, [("s", 1), ("q", 4)]), (12.0, [("s", 1)])])
-def test_a_question_at_risk_gets_the_noise_margin_in_a_catch_up_step(behind_ms: float, expected: list) -> None:
-    """20 ms SLO, headroom 0.9: a stream (an ordinary answer, no credit) whose 10 gaps after this step may take
-    180 ms is `behind_ms` past that: a catch-up step (target <= 0). Half the noise margin keeps its mean under
-    19 ms: 190 ms, so 5 ms behind leaves 5 ms, of which the question at risk gets a quarter of a per-gap target
-    (4.5 ms: 4 tokens at 1 ms); 12 ms behind leaves nothing and the step stays decode-only."""
+@pytest.mark.parametrize(("certain", "elapsed_ms", "expected"), [
+    (False, 176.0, [("s", 1), ("q", 9)]), (False, 185.0, [("s", 1)]), (True, 760.0, [("s", 1), ("q", 18)])])
+def test_a_question_at_risk_gets_what_keeps_the_streams_savable_in_a_catch_up_step(
+        certain: bool, elapsed_ms: float, expected: list) -> None:
+    """20 ms SLO, headroom 0.9 (per-gap target 18 ms, midpoint 19 ms), decode-only steps of 5 ms: a stream with 10
+    output tokens whose gaps so far took `elapsed_ms` is in a catch-up step (target < decode). The question at risk
+    may have this step grow by what keeps the stream under the midpoint with all its certain steps decode-only:
+    - an answer an EOS may end (no certain steps): its 10 gaps after this step may take 190 ms; 176 ms used leaves
+      14 ms for the whole step, 9 beyond its decode (9 tokens at 1 ms); 185 ms used leaves only the decode;
+    - an answer of certain length (90 more tokens), 580 ms behind its headroom target: half the credit at the
+      target does not cover that (a catch-up step), all its 89 certain steps' earning at the midpoint (14 ms each)
+      does, capped at one per-gap target of work (18 tokens).
+    Before, a quarter of a per-gap target (4.5 ms), taken beyond the decode whatever the slack."""
     cfg = EngineConfig(model_path="unused", tpot_slo_ms=20.0, tpot_headroom=0.9, num_kv_blocks=100, block_size=4,
                        ttft_pace_fraction=0.0)
     cost = StepCostModel()
     cost.llm.w[:] = [0.004, 0.001, 0.001, 0.0, 0.0, 0.0]  # 4 ms per forward, 1 ms per decode row or prefill token
     s = Scheduler(cfg, BlockManager(cfg.num_kv_blocks, cfg.block_size), cost)
-    stream = Request("s", [1, 2, 3], SamplingParams(max_tokens=100), arrival_time=0.0, eos_token_ids=frozenset({2}))
+    stream = Request("s", [1, 2, 3], SamplingParams(max_tokens=100, ignore_eos=certain), arrival_time=0.0,
+                     eos_token_ids=frozenset() if certain else frozenset({2}))
     stream.max_total_tokens = 10**6
     s.add(stream)
     for i in range(10):  # its prompt, then 9 decodes: 10 output tokens
         s.update_from_output(s.schedule(now=0.01 * i))
         stream.output_token_ids.append(7)
     now = 1.0
-    stream.first_token_time = now - 0.180 - behind_ms / 1000.0
+    stream.first_token_time = now - elapsed_ms / 1000.0
     question = Request("q", list(range(30)), SamplingParams(max_tokens=10), arrival_time=now - 0.05,
                        ttft_slo_ms=119.0)
     s.add(question)
     out = s.schedule(now=now)
-    assert out.budgets.target_s <= 0 and not out.budgets.allow_forced
+    assert out.budgets.target_s < 0.005 and not out.budgets.allow_forced
     assert [(x.request.request_id, x.num_tokens) for x in out.chunks] == expected

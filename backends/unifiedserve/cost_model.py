@@ -259,7 +259,8 @@ def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Se
     # rises as the deadline nears until the headroom holds a unit. Nor while a stream behind its TPOT slack
     # catches up with decode-only steps: every stream that sets the target can still meet its SLO that way
     # (step_target_s leaves out those that cannot, so waiting requests starve only while one still can).
-    no_forced = share < 1.0 or (math.isfinite(per_gap) and unpaced < decode_s)
+    catching_up = math.isfinite(per_gap) and unpaced < decode_s
+    no_forced = share < 1.0 or catching_up
     # A request that would miss its TTFT deadline at the normal pace may spend part of the slack on any of its
     # work (encoder slices too), at most a quarter of a per-gap target more: a bounded longer gap now, not a late
     # request (half a target measured 94.9% SLO attainment but a 1.50x p99 gap ratio). Not while the work is
@@ -271,5 +272,14 @@ def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Se
     # headroom target too.
     at_risk = max(boost, risk_slack_s(config, decoders, now, decode_s) - max(target, 0.0))
     risk_boost = min(at_risk, 0.25 * per_gap) if math.isfinite(per_gap) and not paced else 0.0
+    if catching_up:
+        # A catch-up step gives waiting work nothing, so a quarter of a per-gap target (less the batch jump) bought
+        # a question at risk a few tokens or none: it waited for the whole catch-up (served, 2026-12-06, 1.116-1.673
+        # req/s: 24 of 27 late questions waited 5-128 decode-only steps, up to 1.96 s, for a 108 ms TTFT SLO).
+        # Here it may have up to one per-gap target of work beside the decodes, while every stream can still end
+        # under the midpoint of its headroom target and its SLO with all its certain steps decode-only after this
+        # one (the whole step counts: its decodes too).
+        savable = risk_slack_s(config, decoders, now, decode_s, full_credit=True) - decode_s
+        risk_boost = max(0.0, min(savable, per_gap))
     return StepBudgets(min(tokens, config.max_num_batched_tokens), min(encoder, float(config.encoder_budget_tokens)),
                        headroom, target, boost, not no_forced, risk_boost)

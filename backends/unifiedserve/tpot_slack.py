@@ -110,16 +110,26 @@ def step_target_s(config, decoders: Sequence, candidates: Sequence, now: float, 
     return (2.0 * min(idle_slos) / 1000.0, 0.0, math.inf) if idle_slos else None
 
 
-def risk_slack_s(config, decoders: Sequence, now: float, decode_s: float | None = None) -> float:
+def risk_slack_s(config, decoders: Sequence, now: float, decode_s: float | None = None, full_credit: bool = False
+                 ) -> float:
     """The time one step may take, for a request whose TTFT deadline is at risk, so that every stream's mean TPOT
     stays under the midpoint of its SLO x `tpot_headroom` and the SLO itself (plus its credit): half of the noise
     margin the per-gap target keeps is worth spending on a first token that would otherwise come late. Served
     (2026-12-06, step trace at 2.0 req/s): two streams decoding at their headroom target left a 95-token question
     4-15 tokens per step until its 119 ms deadline passed (first token after 938 ms), while `blocking` prefilled
-    such questions in one step and its streams still met the SLO."""
+    such questions in one step and its streams still met the SLO.
+
+    full_credit: each stream lends all that its certain remaining decode-only steps will earn at that level, not
+    `tpot_credit_fraction` of their earning at the headroom target: it can still end under the midpoint if every
+    later step is decode-only at `decode_s` (what a catch-up step's request at risk may spend, cost_model.py)."""
+    level = (1.0 + config.tpot_headroom) / 2.0
     slack = math.inf
     for r, slo in _stream_slos(config, decoders):
         if getattr(r, "first_token_time", None) is None or not can_meet_slo(r, slo, now, decode_s):
             continue
-        slack = min(slack, _stream_slack_s(config, r, slo, (1.0 + config.tpot_headroom) / 2.0, now, decode_s))
+        if full_credit and decode_s is not None:
+            banked = slo * level * r.num_output_tokens - (now - r.first_token_time)
+            slack = min(slack, banked + guaranteed_steps_after_this(r) * (slo * level - decode_s))
+        else:
+            slack = min(slack, _stream_slack_s(config, r, slo, level, now, decode_s))
     return max(0.0, slack) if math.isfinite(slack) else 0.0
