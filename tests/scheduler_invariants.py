@@ -197,7 +197,7 @@ def check_time(s: Scheduler, out: SchedulerOutput, ctx: str) -> str | None:
         return None
     if planned <= b.time_s + b.boost_s + 1e-9 and any(c.samples for c in prefills):
         return "boost"
-    if planned <= b.time_s + b.risk_boost_s + 1e-9:  # a request whose TTFT deadline was at risk spent it
+    if planned <= b.time_s + max(b.risk_boost_s, b.finish_boost_s) + 1e-9:  # a request at risk spent it
         return "risk"
     forced_encoder = (len(out.encoder_work) == 1 and not prefills and out.encoder_work[0].num_blocks == 1)
     forced_prefill = (not out.encoder_work and len(prefills) == 1

@@ -326,15 +326,17 @@ def test_the_risk_boost_is_part_of_the_boost_not_on_top_of_it():
 def test_a_request_at_risk_may_spend_half_the_tpot_noise_margin_when_nothing_is_banked():
     """Half the margin up to the SLO is 0.05 x SLO per gap so far (25 ms here) beyond the headroom target (mean TPOT
     = 0.9 x SLO). A stream 10 ms under that target: the step's 10 ms target, and a quarter of a per-gap target more
-    for a request at risk. A stream exactly at it banks nothing: a catch-up step (target < its 5.1 ms decode), where
-    the request at risk may have the whole 25 ms for the step (up to one per-gap target beyond the decode; before,
-    nothing was banked and there was no risk boost at all). Past the midpoint: nothing."""
+    for a request at risk. A stream exactly at it banks nothing: a catch-up step (target < its 5.1 ms decode) with
+    the same risk boost, and a request at risk that it gets a first token out of may have the whole 25 ms for the
+    step (up to one per-gap target beyond the decode; scheduler._finish_boost). Past the midpoint: nothing."""
     cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=0.9, max_num_batched_tokens=4096,
                        encoder_budget_tokens=4096)
     cost = _cost(intercept=0.005)
     ahead = step_budgets(cfg, cost, _decoders(1, 100, outputs=10, first_token_time=0.0), [], now=0.44)
     assert ahead.target_s == pytest.approx(0.010) and ahead.risk_boost_s == pytest.approx(0.25 * 0.045)
+    assert ahead.finish_boost_s == 0.0  # not a catch-up step
     at_target = step_budgets(cfg, cost, _decoders(1, 100, outputs=10, first_token_time=0.0), [], now=0.45)
-    assert at_target.boost_s == 0.0 and at_target.risk_boost_s == pytest.approx(0.025 - 0.0051)
-    behind = _decoders(1, 100, outputs=10, first_token_time=0.0)
-    assert step_budgets(cfg, cost, behind, [], now=0.48).risk_boost_s == 0.0  # past the midpoint
+    assert at_target.boost_s == 0.0 and at_target.risk_boost_s == pytest.approx(0.25 * 0.045)
+    assert at_target.finish_boost_s == pytest.approx(0.025 - 0.0051)
+    past = step_budgets(cfg, cost, _decoders(1, 100, outputs=10, first_token_time=0.0), [], now=0.48)
+    assert past.risk_boost_s == 0.0 and past.finish_boost_s == 0.0  # past the midpoint

@@ -219,6 +219,8 @@ class StepBudgets:
     boost_s: float = 0.0
     allow_forced: bool = True  # False while a stream catches up on its TPOT slack with decode-only steps
     risk_boost_s: float = 0.0  # the part of the boost a request whose TTFT deadline is at risk may spend
+    # In a catch-up step: what a request at risk may spend instead when that gets its first token out of this step.
+    finish_boost_s: float = 0.0
 
     @property
     def timed(self) -> bool:
@@ -272,14 +274,17 @@ def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Se
     # headroom target too.
     at_risk = max(boost, risk_slack_s(config, decoders, now, decode_s) - max(target, 0.0))
     risk_boost = min(at_risk, 0.25 * per_gap) if math.isfinite(per_gap) and not paced else 0.0
+    finish_boost = 0.0
     if catching_up:
         # A catch-up step gives waiting work nothing, so a quarter of a per-gap target (less the batch jump) bought
         # a question at risk a few tokens or none: it waited for the whole catch-up (served, 2026-12-06, 1.116-1.673
         # req/s: 24 of 27 late questions waited 5-128 decode-only steps, up to 1.96 s, for a 108 ms TTFT SLO).
-        # Here it may have up to one per-gap target of work beside the decodes, while every stream can still end
-        # under the midpoint of its headroom target and its SLO with all its certain steps decode-only after this
-        # one (the whole step counts: its decodes too).
+        # A request whose first token this step can produce may have up to one per-gap target of work beside the
+        # decodes, while every stream can still end under the midpoint of its headroom target and its SLO with all
+        # its certain steps decode-only after this one (the whole step counts: its decodes too). Only then: given
+        # to any request at risk, per-gap slices of videos that needed seconds of work spent the streams' slack in
+        # 52 catch-up steps and four of them missed their TPOT SLO (A/B at 0.837 req/s, 2026-12-06).
         savable = risk_slack_s(config, decoders, now, decode_s, full_credit=True) - decode_s
-        risk_boost = max(0.0, min(savable, per_gap))
+        finish_boost = max(0.0, min(savable, per_gap))
     return StepBudgets(min(tokens, config.max_num_batched_tokens), min(encoder, float(config.encoder_budget_tokens)),
-                       headroom, target, boost, not no_forced, risk_boost)
+                       headroom, target, boost, not no_forced, risk_boost, finish_boost)

@@ -154,7 +154,7 @@ class Scheduler:
             if is_new and slots <= 0:
                 continue
             if self._ttft_at_risk(req, budgets, now, num_decodes):
-                spend.boost_for_risk()
+                spend.boost_for_risk(self._finish_boost(req, spend, num_decodes))
             work = plan_encoder(req, spend.encoder_cap(), self.policy.slices_encoder,
                                 allow_minimum=spend.may_force(out.encoder_work))
             out.encoder_work.extend(work)
@@ -225,7 +225,8 @@ class Scheduler:
         the noise margin or the credit of their certain steps to give (tpot_slack.py). Served (2026-12-06, 1.26
         req/s): a lone stream 69 ms behind took 47 decode-only steps (700 ms) while a question with a 119 ms
         TTFT SLO waited for all of them."""
-        if not budgets.risk_boost_s or req.first_token_time is not None or req.ttft_slo_ms is None:
+        if not (budgets.risk_boost_s or budgets.finish_boost_s) or req.first_token_time is not None \
+                or req.ttft_slo_ms is None:
             return False
         if self.policy.is_demoted(self.urgency(req)):
             return False
@@ -234,6 +235,20 @@ class Scheduler:
             return True
         steps = math.ceil(self._min_time_to_first_token(req) / per_step)
         return now + steps * budgets.target_s > ttft_deadline(req)
+
+    def _finish_boost(self, req: Request, spend: StepSpend, num_decodes: int) -> float | None:
+        """What a catch-up step's boost (StepBudgets.finish_boost_s) gives `req` when it buys all of its work before
+        its first token (its price, the batch jump a lone stream's step pays, the burst threads' fixed cost), so
+        the first token comes out of this step; else None (the risk boost)."""
+        if spend.finish_boost_s <= spend.risk_boost_s:
+            return None
+        prefill = req.num_tokens - req.num_computed_tokens
+        fixed = (self.cost.batch_jump_s if num_decodes == 1 else 0.0) + (
+            self.cost.burst_s if prefill >= self.config.cpu_burst_min_tokens else 0.0)
+        need = self._min_time_to_first_token(req) + fixed - max(spend.time_s, 0.0)
+        if need > spend.finish_boost_s:
+            return None
+        return max(spend.risk_boost_s, min(spend.finish_boost_s, need + 5e-4))  # a margin for rounding to tokens
 
     def _not_worth_a_forward(self, req: Request, limit: int, wanted: int, out: SchedulerOutput) -> bool:
         """A prefill chunk that stops at `req`'s encoder frontier, in a step that has no LLM forward yet and runs

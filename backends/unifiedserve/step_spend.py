@@ -29,6 +29,7 @@ class StepSpend:
         self.time_s = budgets.time_s
         self.boost_s = budgets.boost_s
         self.risk_boost_s = budgets.risk_boost_s
+        self.finish_boost_s = budgets.finish_boost_s
         self.min_prefill = config.min_prefill_chunk
         # Rows of the step's forward so far; the first prefill that makes it two or more pays the batch jump.
         self.rows = num_decodes
@@ -62,14 +63,17 @@ class StepSpend:
             self.encoder_closed = True
 
     # prefill
-    def boost_for_risk(self) -> None:
-        """Once per step, for the first request walked whose TTFT deadline is at risk (the most urgent one)."""
+    def boost_for_risk(self, amount: float | None = None) -> None:
+        """Once per step, for the first request walked whose TTFT deadline is at risk (the most urgent one): the
+        risk boost, or `amount` instead (a catch-up step's boost for a request it gets a first token out of)."""
         # The boost and the risk boost are drawn from the same streams' slack: what one spends, the other loses
         # (a prompt-finishing prefill that took the boost leaves the risk boost only what exceeds it).
-        if self.risk_boost_s > 0:
-            self.time_s += self.risk_boost_s
-            self.boost_s = max(0.0, self.boost_s - self.risk_boost_s)
+        if self.risk_boost_s > 0 or amount:
+            amount = self.risk_boost_s if amount is None else amount
+            self.time_s += amount
+            self.boost_s = max(0.0, self.boost_s - amount)
             self.risk_boost_s = 0.0
+            self.finish_boost_s = 0.0
 
     def prefill_cap(self, context: int, wanted: int, may_boost: bool = False) -> int:
         if self.prefill_closed or self.tokens <= 0:
@@ -81,6 +85,7 @@ class StepSpend:
         afford = self._affordable(n, price, self.time_s)
         if afford < n and may_boost and n == wanted and self._affordable(n, price, self.time_s + self.boost_s) >= n:
             self.risk_boost_s = max(0.0, self.risk_boost_s - self.boost_s)
+            self.finish_boost_s = max(0.0, self.finish_boost_s - self.boost_s)
             self.time_s, self.boost_s = self.time_s + self.boost_s, 0.0  # once per step
             afford = n
         if afford < n:
