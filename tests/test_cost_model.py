@@ -328,7 +328,7 @@ def test_a_request_at_risk_may_spend_half_the_tpot_noise_margin_when_nothing_is_
     = 0.9 x SLO). A stream 10 ms under that target: the step's 10 ms target, and a quarter of a per-gap target more
     for a request at risk. A stream exactly at it banks nothing: a catch-up step (target < its 5.1 ms decode) with
     the same risk boost, and a request at risk that it gets a first token out of may have the whole 25 ms for the
-    step (up to one per-gap target beyond the decode; scheduler._finish_boost). Past the midpoint: nothing."""
+    step (up to the gap cap; scheduler._finish_boost). Past the midpoint: nothing."""
     cfg = EngineConfig(model_path="x", tpot_slo_ms=50.0, tpot_headroom=0.9, max_num_batched_tokens=4096,
                        encoder_budget_tokens=4096)
     cost = _cost(intercept=0.005)

@@ -136,21 +136,22 @@ def test_a_waiting_prompt_moves_beside_a_stream_behind_its_mean_only_when_its_le
 
 @pytest.mark.parametrize(("certain", "elapsed_ms", "prompt", "expected"), [
     (False, 176.0, 8, [("s", 1), ("q", 8)]), (False, 176.0, 30, [("s", 1), ("q", 4)]),
-    (False, 185.0, 8, [("s", 1), ("q", 4)]), (True, 760.0, 16, [("s", 1), ("q", 16)]),
-    (True, 760.0, 30, [("s", 1), ("q", 4)])])
+    (False, 185.0, 8, [("s", 1), ("q", 4)]), (True, 760.0, 30, [("s", 1), ("q", 30)]),
+    (True, 760.0, 60, [("s", 1), ("q", 4)])])
 def test_a_question_at_risk_gets_what_keeps_the_streams_savable_in_a_catch_up_step_when_that_finishes_it(
         certain: bool, elapsed_ms: float, prompt: int, expected: list) -> None:
     """20 ms SLO, headroom 0.9 (per-gap target 18 ms, midpoint 19 ms), decode-only steps of 5 ms, prefill 1 ms a
     token: a stream with 10 output tokens whose gaps so far took `elapsed_ms` is in a catch-up step (target < its
     decode). A question at risk whose whole prompt fits may have the step grow by what keeps the stream under the
-    midpoint with all its certain steps decode-only, up to one per-gap target; one that does not fit gets the risk
+    midpoint with all its certain steps decode-only, up to the gap cap (3 per-gap targets: 54 ms for the whole
+    step, 49 beyond its decode); one that does not fit gets the risk
     boost (a quarter of a per-gap target, 4.5 ms: 4 tokens), as before:
     - an answer an EOS may end (no certain steps): its 10 gaps after this step may take 190 ms; 176 ms used leaves
       14 ms for the whole step, 9 beyond its decode: an 8-token question fits, a 30-token one does not; 185 ms used
       leaves only the decode;
     - an answer of certain length (90 more tokens), 580 ms behind its headroom target: half the credit at the
       target does not cover that (a catch-up step), all its 89 certain steps' earning at the midpoint (14 ms each)
-      does, capped at one per-gap target: a 16-token question fits in 18 ms, a 30-token one does not."""
+      does, up to the gap cap: a 30-token question fits, a 60-token one does not."""
     cfg = EngineConfig(model_path="unused", tpot_slo_ms=20.0, tpot_headroom=0.9, num_kv_blocks=100, block_size=4,
                        ttft_pace_fraction=0.0)
     cost = StepCostModel()

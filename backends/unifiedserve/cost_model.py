@@ -279,12 +279,14 @@ def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Se
         # A catch-up step gives waiting work nothing, so a quarter of a per-gap target (less the batch jump) bought
         # a question at risk a few tokens or none: it waited for the whole catch-up (served, 2026-12-06, 1.116-1.673
         # req/s: 24 of 27 late questions waited 5-128 decode-only steps, up to 1.96 s, for a 108 ms TTFT SLO).
-        # A request whose first token this step can produce may have up to one per-gap target of work beside the
-        # decodes, while every stream can still end under the midpoint of its headroom target and its SLO with all
-        # its certain steps decode-only after this one (the whole step counts: its decodes too). Only then: given
-        # to any request at risk, per-gap slices of videos that needed seconds of work spent the streams' slack in
-        # 52 catch-up steps and four of them missed their TPOT SLO (A/B at 0.837 req/s, 2026-12-06).
+        # A request whose first token this step can produce may have the step grow to the gap cap (the longest any
+        # step may take), while every stream can still end under the midpoint of its headroom target and its SLO
+        # with all its certain steps decode-only after this one (the whole step counts: its decodes too). Only
+        # then: given to any request at risk (up to one per-gap target of work), per-gap slices of videos that
+        # needed seconds of work spent the streams' slack in 52 catch-up steps and four streams missed their TPOT
+        # SLO (A/B at 0.837 req/s, 2026-12-06); capped at one per-gap target, a 116-token question (~35 ms with
+        # the batch jump) never fitted and waited 24 catch-up steps (A/B at 0.558 req/s).
         savable = risk_slack_s(config, decoders, now, decode_s, full_credit=True) - decode_s
-        finish_boost = max(0.0, min(savable, per_gap))
+        finish_boost = max(0.0, min(savable, per_gap * config.tpot_max_gap_factor - decode_s))
     return StepBudgets(min(tokens, config.max_num_batched_tokens), min(encoder, float(config.encoder_budget_tokens)),
                        headroom, target, boost, not no_forced, risk_boost, finish_boost)
