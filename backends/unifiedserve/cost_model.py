@@ -278,7 +278,7 @@ def step_budgets(config, cost: StepCostModel, decoders: Sequence, candidates: Se
     if catching_up:
         # A catch-up step gives waiting work nothing, so a quarter of a per-gap target (less the batch jump) bought
         # a question at risk a few tokens or none: it waited for the whole catch-up (served, 2026-12-06, 1.116-1.673
-        # req/s: 24 of 27 late questions waited 5-128 decode-only steps, up to 1.96 s, for a 108 ms TTFT SLO).
+        # req/s: 16 of 21 late questions waited 3-128 decode-only steps, up to 1.96 s, for a 108 ms TTFT SLO).
         # A request whose first token this step can produce may have the step grow to the gap cap (the longest any
         # step may take), while every stream can still end under the midpoint of its headroom target and its SLO
         # with all its certain steps decode-only after this one (the whole step counts: its decodes too). Only
