@@ -60,10 +60,14 @@ def _stream_slos(config, decoders: Sequence) -> list[tuple]:
     return [(r, s) for r, s in slos if s > 0]
 
 
-def _stream_slack_s(config, req, slo_s: float, level: float, now: float, decode_s: float | None) -> float:
+def _stream_slack_s(config, req, slo_s: float, level: float, now: float, decode_s: float | None,
+                    full_credit: bool = False) -> float:
     """The time this step may take so that `req`'s mean TPOT after it stays under `level` x its SLO: what its gaps so
-    far banked (after this step it has num_output_tokens gaps) plus its credit."""
+    far banked (after this step it has num_output_tokens gaps) plus its credit (full_credit: all that its certain
+    decode-only steps will earn at `level`, not `tpot_credit_fraction` of their earning at the headroom target)."""
     banked = slo_s * level * req.num_output_tokens - (now - req.first_token_time)
+    if full_credit and decode_s is not None:
+        return banked + guaranteed_steps_after_this(req) * (slo_s * level - decode_s)
     return banked + tpot_credit_s(config, req, slo_s, decode_s)
 
 
@@ -127,9 +131,5 @@ def risk_slack_s(config, decoders: Sequence, now: float, decode_s: float | None 
     for r, slo in _stream_slos(config, decoders):
         if getattr(r, "first_token_time", None) is None or not can_meet_slo(r, slo, now, decode_s):
             continue
-        if full_credit and decode_s is not None:
-            banked = slo * level * r.num_output_tokens - (now - r.first_token_time)
-            slack = min(slack, banked + guaranteed_steps_after_this(r) * (slo * level - decode_s))
-        else:
-            slack = min(slack, _stream_slack_s(config, r, slo, level, now, decode_s))
+        slack = min(slack, _stream_slack_s(config, r, slo, level, now, decode_s, full_credit))
     return max(0.0, slack) if math.isfinite(slack) else 0.0
