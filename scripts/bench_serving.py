@@ -31,6 +31,10 @@ failing its lowest rate is tried at lower rates; then bisection between the last
 are within --bisect-resolution of each other. Goodput = the highest rate at which >= 90 % of requests meet both
 SLOs (every lower rate passing), interpolated to the next rate as DistServe does. The first system (ours) also runs
 at every other system's highest sustained rate, so p99 TPOT is compared at a rate both sustain.
+Phase 3 (--recalibrations, default 1): the calibration again, after the sweeps. Where the host got slower, the SLOs
+become the slower calibration's (per class; a fast moment's SLOs are unmeetable unloaded in a slow one), every run is
+judged again from its raw times, and the sweeps go on where the new judgement moves them (bench_serving_drift). The
+first system's unloaded TPOT at the typical batch before each round records the host's speed over the run.
 --extend DIR runs only what the current method adds to an old results folder (same traces, SLOs and grid), or
 what a stopped run had left to do (results.json / raw.json are written after every round).
 
@@ -48,7 +52,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,64 +62,21 @@ for _path in (REPO / "backends", REPO / "scripts"):  # works before `pip install
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench_common import host_info  # noqa: E402
-from bench_serving_calibration import calibrate, mean_service_s, warm_up  # noqa: E402
+from bench_serving_calibration import batch_tpots, calibrate, mean_service_s, warm_up  # noqa: E402
 from bench_serving_client import Hints, replay  # noqa: E402
+from bench_serving_drift import loosens, rejudge, slower  # noqa: E402
 from bench_serving_metrics import Slos, goodput, slos_from, summarize, tpot_p99_comparisons  # noqa: E402
 from bench_serving_plan import SweepPlan, next_round  # noqa: E402
 from bench_serving_report import print_table, write_outputs  # noqa: E402
+from bench_serving_systems import NO_CACHES, SYSTEMS, System  # noqa: E402
 from bench_serving_trace import TraceShape, ensure_videos, make_trace, mean_service_weights, request_classes  # noqa: E402
 
 from triton_adapters.launcher import TritonServerProcess  # noqa: E402
 
 MODEL_DIRS = {"tiny": "tiny-qwen2.5-vl", "small": "small-qwen2.5-vl", "7b": "7b-qwen2.5-vl"}
 DEFAULT_OUT = REPO / "bench_out" / "serving"
-NO_CACHES = {"MLLM_ENGINE_ENCODER_CACHE_TOKENS": "0", "MLLM_FLASHCODEC_INDEX_CACHE_ENTRIES": "0"}
 
 
-@dataclass(frozen=True)
-class System:
-    name: str
-    repository: Path
-    env: dict[str, str] = field(default_factory=dict)
-    description: str = ""
-
-
-SYSTEMS = {s.name: s for s in (
-    System("ours", REPO / "model_repository", {}, "FlashCodec + UnifiedServe (unified policy)"),
-    System("ours-blocking", REPO / "model_repository", {"MLLM_ENGINE_POLICY": "blocking"},
-           "FlashCodec + UnifiedServe, blocking policy (whole encoder pass in one step, vLLM-like)"),
-    System("ours-fulldecode", REPO / "model_repository",
-           {"MLLM_FLASHCODEC_ENGINE": "pyav_full", "MLLM_FLASHCODEC_NUM_INSTANCES": "1"},
-           "sequential full decode + UnifiedServe (unified policy)"),
-    # Ablation, not in the default run: every forward on cpu_threads (no burst threads for encoder / prefill).
-    System("ours-noburst", REPO / "model_repository", {"MLLM_ENGINE_CPU_BURST_THREADS": "0"},
-           "FlashCodec + UnifiedServe without CPU burst threads"),
-    # Ablation: waiting work always fills each step up to the TPOT target (no pacing to the TTFT deadlines).
-    System("ours-nopace", REPO / "model_repository", {"MLLM_ENGINE_TTFT_PACE_FRACTION": "0"},
-           "FlashCodec + UnifiedServe, steps always filled to the TPOT target"),
-    # Ablation: every gap under the TPOT target x headroom (no banked slack spent on longer steps).
-    System("ours-gap1", REPO / "model_repository", {"MLLM_ENGINE_TPOT_MAX_GAP_FACTOR": "1"},
-           "FlashCodec + UnifiedServe, every step capped at the per-gap TPOT target"),
-    # Ablation: a stream behind its mean TPOT gets decode-only steps until it caught up, even when its remaining
-    # length is certain (no TPOT credit, unifiedserve/tpot_slack.py).
-    System("ours-nocredit", REPO / "model_repository", {"MLLM_ENGINE_TPOT_CREDIT_FRACTION": "0"},
-           "FlashCodec + UnifiedServe without the TPOT credit of streams of certain length"),
-    # Ablation: FlashCodec's CPU decoders at the engine's OS priority (flashcodec/cpu_priority.py).
-    System("ours-nonice", REPO / "model_repository", {"MLLM_FLASHCODEC_CPU_NICE": "0"},
-           "FlashCodec + UnifiedServe, CPU decoders not niced below the engine"),
-    # Ablation: HF's own text layers instead of the fused decoder (unifiedserve/fused_decoder.py).
-    System("ours-hflayers", REPO / "model_repository", {"MLLM_ENGINE_FUSED_DECODER": "0"},
-           "FlashCodec + UnifiedServe on HF's text layers (no fused q/k/v, gate/up, CPU weight layout)"),
-    # Ablation: the engine in float32 whatever the checkpoint's dtype (the precision's share of a bf16 run's gain).
-    System("ours-fp32", REPO / "model_repository", {"MLLM_ENGINE_DTYPE": "float32"},
-           "FlashCodec + UnifiedServe computing in float32"),
-    System("naive", REPO / "baselines" / "model_repository_naive", {},
-           "stock Triton: full decode -> vision encoder (dynamic_batching) -> HF generate() per batch"),
-    # The same stack told to load float32: on a CPU, HF's bf16 attention is slower than its float32 one, so this is
-    # the naive stack's faster choice for a bf16 checkpoint (equal to `naive` for a float32 one).
-    System("naive-fp32", REPO / "baselines" / "model_repository_naive", {"MLLM_NAIVE_DTYPE": "float32"},
-           "stock Triton stack as `naive`, loading the checkpoint in float32"),
-)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -151,6 +112,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--typical-batch", type=int, default=4)
     ap.add_argument("--calib-reps", type=int, default=None, help="default 3; quick 1")
     ap.add_argument("--calib-tokens", type=int, default=32)
+    ap.add_argument("--recalibrations", type=int, default=1,
+                    help="calibrate again after the sweeps, up to this many times: the SLOs become the slower of the "
+                    "calibrations, every run is judged again and the sweeps go on (bench_serving_drift; 0: never)")
     ap.add_argument("--stop-below", type=float, default=0.5, help="stop a sweep below this attainment")
     ap.add_argument("--request-timeout", type=float, default=600.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -222,7 +186,7 @@ def _env(system: System, args, model: Path) -> dict[str, str]:
 
 
 def load_rounds(urls: dict[str, str], systems: list[System], args, classes, videos, shape, slos: Slos,
-                results: dict) -> None:
+                results: dict) -> int:
     """Phase 2, interleaved: in each round every system whose sweep is not complete runs its next rate, ours last
     (bench_serving_plan.next_round). The machine's speed drifts on a shared host (measured on the 2-core VM: a fixed
     CPU probe varied by +-25 % within minutes, an engine decode step by 1.5x between runs); system after system, a
@@ -240,6 +204,7 @@ def load_rounds(urls: dict[str, str], systems: list[System], args, classes, vide
                              first):
         rounds += 1
         print(f"\n=== load, round {rounds}: " + ", ".join(f"{name} at {rate} req/s" for name, rate in todo), flush=True)
+        _host_speed(urls[first], args, results)
         for name, rate in todo:
             done[name][rate], raw[name][str(rate)] = _one_rate(urls[name], name, rate, args, classes, videos, shape,
                                                                hints, slos)
@@ -250,6 +215,39 @@ def load_rounds(urls: dict[str, str], systems: list[System], args, classes, vide
         write_outputs(finish(results, slos), args.out, plots=False)
     if not rounds:
         print("  every planned rate already ran", flush=True)
+    return rounds
+
+
+def _host_speed(url: str, args, results: dict) -> None:
+    """The first system's unloaded TPOT at the typical batch before each round (~1 s): the host's speed over the run,
+    in results.json, so a reader sees how far it drifted while the rates ran."""
+    tpot = sorted(batch_tpots(url, args.typical_batch, args.calib_tokens))[args.typical_batch // 2]
+    results.setdefault("host_speed", []).append({"time": time.strftime("%H:%M:%S"), "batch_tpot_ms": round(tpot, 2)})
+    print(f"  host speed: unloaded TPOT at batch {args.typical_batch} {tpot:.2f} ms", flush=True)
+
+
+def recalibrate(urls: dict[str, str], systems: list[System], args, classes, videos, shape, slos: Slos,
+                results: dict) -> Slos:
+    """Calibrate again after the sweeps; where the host got slower, the SLOs follow the slower calibration, every run
+    is judged again and the sweeps go on from the new judgement (bench_serving_drift). Returns the final SLOs."""
+    for i in range(args.recalibrations):
+        print(f"\n=== calibration again ({i + 1} of at most {args.recalibrations}; the SLOs become the slower one)",
+              flush=True)
+        again = calibrate(urls, classes, videos, reps=args.calib_reps, typical_batch=args.typical_batch,
+                          tokens=args.calib_tokens)
+        measured = slos_from(again.values(), args.ttft_slo_scale, args.tpot_slo_scale)
+        record = {"date": time.strftime("%Y-%m-%d %H:%M"), "calibration": again, "slos": measured.as_dict()}
+        results.setdefault("recalibrations", []).append(record)
+        if not loosens(slos, measured):
+            print("  the host is not slower than when the SLOs were set: SLOs unchanged", flush=True)
+            break
+        slos = slower(slos, measured)
+        print(f"  SLOs now: TPOT {slos.tpot_ms:.2f} ms; TTFT " + ", ".join(f"{k} {v:.0f} ms" for k, v in
+                                                                       slos.ttft_ms.items()), flush=True)
+        rejudge(results, slos)
+        if not load_rounds(urls, systems, args, classes, videos, shape, slos, results):
+            break
+    return slos
 
 
 def rate_grid(calibration: dict, args, classes, shape) -> list[float]:
@@ -356,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                                      tokens=args.calib_tokens)
             slos = (_load_slos(args.slos_from) if args.slos_from
                     else slos_from(calibrations.values(), args.ttft_slo_scale, args.tpot_slo_scale))
+            results["slos_at_start"] = slos.as_dict()
             print(f"\nSLOs for every system: TPOT {slos.tpot_ms:.2f} ms; TTFT "
                   + ", ".join(f"{k} {v:.0f} ms" for k, v in slos.ttft_ms.items()), flush=True)
             grid = ([float(x) for x in args.rates.split(",")] if args.rates != "auto"
@@ -365,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
                     "system": asdict(system) | {"repository": str(system.repository)},
                     "calibration": calibrations[system.name], "grid": grid, "runs": [], "raw": {}}
         load_rounds(urls, systems, args, classes, videos, shape, slos, results)
+        if not prior and not args.slos_from:
+            slos = recalibrate(urls, systems, args, classes, videos, shape, slos, results)
     results["wall_s"] = round(time.perf_counter() - started + (prior or {}).get("wall_s", 0.0), 1)
     finish(results, slos)
     print_table(results)

@@ -55,18 +55,23 @@ def calibrate(urls: Mapping[str, str], classes: tuple[RequestClass, ...], videos
             ttft, tpot, e2e = (cal[k][cls.name] for k in ("ttft_ms", "tpot_ms", "e2e_ms"))
             progress(f"  unloaded {cls.name:>14} {name:>16}: TTFT {ttft:7.1f} ms  TPOT {tpot:5.2f} ms  "
                      f"e2e ({tokens} tokens) {e2e:7.1f} ms")
-    batch = [TraceRequest(f"batch-{i}", 0.0, TEXT, TEXT_PROMPTS[i % len(TEXT_PROMPTS)], tokens)
-             for i in range(typical_batch)]
     batch_tpot: dict[str, list[float]] = {name: [] for name in urls}
     for _ in range(max(1, reps - 1)):
         for name, url in urls.items():
-            got = replay(url, batch, videos, hints)
-            _check(got, f"{name} batch")
-            batch_tpot[name] += [r.tpot_ms for r in got if r.tpot_ms is not None]
+            batch_tpot[name] += batch_tpots(url, typical_batch, tokens, f"{name} batch")
     for name, cal in out.items():
         cal["batch_tpot_ms"] = float(np.median(batch_tpot[name]))
         progress(f"  unloaded TPOT with {typical_batch} text streams at once, {name}: {cal['batch_tpot_ms']:.2f} ms")
     return out
+
+
+def batch_tpots(url: str, typical_batch: int, tokens: int, what: str = "batch") -> list[float]:
+    """TPOT of each of ``typical_batch`` text streams sent at once (no hints): a decode step at a small batch."""
+    batch = [TraceRequest(f"batch-{i}", 0.0, TEXT, TEXT_PROMPTS[i % len(TEXT_PROMPTS)], tokens)
+             for i in range(typical_batch)]
+    got = replay(url, batch, {}, {})
+    _check(got, what)
+    return [r.tpot_ms for r in got if r.tpot_ms is not None]
 
 
 def mean_service_s(calibration: dict, shares: dict[str, float], mean_tokens: dict[str, float]) -> float:

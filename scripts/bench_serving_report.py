@@ -20,6 +20,14 @@ def print_table(results: dict) -> None:
     slos = results["slos"]
     print(f"\nSLOs: TPOT {slos['tpot_ms']} ms; TTFT " + ", ".join(f"{k} {v:.0f}" for k, v in slos["ttft_ms"].items())
           + " ms")
+    start = results.get("slos_at_start")
+    if start and start != slos:  # a calibration after the sweeps found the host slower (bench_serving_drift)
+        print(f"  (the slower of {1 + len(results.get('recalibrations', []))} calibrations; at the start: TPOT "
+              f"{start['tpot_ms']} ms, TTFT text {start['ttft_ms'].get('text', 0):.0f} ms)")
+    speeds = [h["batch_tpot_ms"] for h in results.get("host_speed", [])]
+    if speeds:
+        print(f"  host speed over the rounds (unloaded TPOT at the typical batch): {min(speeds):.2f}-{max(speeds):.2f} "
+              f"ms, median {float(np.median(speeds)):.2f} ms")
     print(f"\n{'system':<16} {'rate':>7} {'n':>4} {'err':>4} {'attain':>7} {'TTFT p50':>9} {'TTFT p99':>9} "
           f"{'TPOT p50':>9} {'TPOT p99':>9} {'tok/s':>7}")
     for name, entry in systems.items():

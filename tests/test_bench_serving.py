@@ -4,10 +4,12 @@ the real tritonserver of the test session (``--url``). Numbers are never asserte
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import bench_serving  # scripts/ is on sys.path (conftest)
 import pytest
 from bench_serving_client import RequestResult
+from bench_serving_drift import loosens, rejudge, slower
 from bench_serving_metrics import Slos, common_sustained_rate, goodput, slos_from, summarize, tpot_p99_comparisons
 from bench_serving_plan import SweepPlan, next_rate, next_round, sustained_rate
 from bench_serving_trace import TEXT, TraceShape, make_trace, request_classes
@@ -55,6 +57,22 @@ def _sweep(plan: SweepPlan, attainment_at) -> list[float]:
         assert rate not in done and len(done) < 30
         done[rate] = attainment_at(rate)
     return list(done)
+
+
+def test_slos_follow_the_slower_calibration_and_every_run_is_judged_again():
+    start = Slos({"text": 100.0, "video": 1000.0}, tpot_ms=15.0)
+    later = Slos({"text": 150.0, "video": 900.0}, tpot_ms=21.0)  # the host got slower, except for the video class
+    assert slower(start, later) == Slos({"text": 150.0, "video": 1000.0}, tpot_ms=21.0)
+    assert loosens(start, later) and not loosens(slower(start, later), start)
+    assert not loosens(start, Slos({"text": 101.0, "video": 1000.0}, tpot_ms=15.1))  # within 2 %: noise
+    # A run judged by the start's SLOs: 2 of 3 miss TPOT 15 ms; the slower SLOs pass them.
+    reqs = [_result(ttft_s=0.05, tpot_s=t) for t in (0.012, 0.018, 0.02)]
+    summary = summarize(reqs, start, 0.5) | {"started": "12:00:00"}
+    results = {"systems": {"ours": {"runs": [summary], "raw": {"0.5": [asdict(r) for r in reqs]}}}}
+    assert summary["attainment"] == pytest.approx(1 / 3, abs=1e-3)
+    rejudge(results, slower(start, later))
+    run = results["systems"]["ours"]["runs"][0]
+    assert run["attainment"] == 1.0 and run["started"] == "12:00:00" and run["num_requests"] == 3
 
 
 def test_sweep_stops_below_half_probes_lower_and_bisects_to_the_resolution():
@@ -160,6 +178,11 @@ def test_bench_serving_runs_against_a_live_server(mllm_server, sample_video_dir,
     raw = json.loads((tmp_path / "raw.json").read_text())["external"]["3.0"]
     assert all(r["num_output_tokens"] >= 4 and r["end_s"] > r["arrival_s"] for r in raw)
     assert (tmp_path / "attainment.png").stat().st_size > 0 and (tmp_path / "cdf.png").stat().st_size > 0
+    # The calibration ran again after the sweep; the SLOs are never tighter than at the start; host speed per round.
+    assert len(results["recalibrations"]) == 1 and results["recalibrations"][0]["calibration"]["external"]["ttft_ms"]
+    assert results["slos"]["tpot_ms"] >= results["slos_at_start"]["tpot_ms"]
+    assert all(results["slos"]["ttft_ms"][k] >= v for k, v in results["slos_at_start"]["ttft_ms"].items())
+    assert results["host_speed"] and all(h["batch_tpot_ms"] > 0 for h in results["host_speed"])
     # --extend with the same method: nothing new to run, every run kept, the extension recorded.
     assert bench_serving.main(["--url", mllm_server.grpc_url, "--bisect-resolution", "0", "--extend",
                                str(tmp_path)]) == 0

@@ -1,0 +1,39 @@
+"""bench_serving: SLOs that hold however the host's speed drifts during a run.
+
+The SLOs scale the unloaded latencies measured at the start. On a shared host whose speed drifts 1.5-2x within the
+hour (the 2-core VM of docs/benchmarks.md), a calibration in a fast moment sets SLOs that no system meets in a slow
+one even unloaded: a full run (serving26) had every baseline fail its lowest rate on TPOT alone. So the calibration
+is repeated after the load sweeps; the SLOs become the slower of the two, per class (each unloaded latency is still
+the fastest system's), every run is judged again by them from its raw per-request times, and the sweeps go on
+where the new judgement moves a system's sweep (a rate that now passes opens the next one; the bisection
+re-centres). Runs made before are kept as they ran: they were hinted with the tighter SLOs, which only constrains the
+SLO-aware engine (ours) more, never less.
+"""
+
+from __future__ import annotations
+
+from bench_serving_client import RequestResult
+from bench_serving_metrics import Slos, summarize
+
+
+def slower(a: Slos, b: Slos) -> Slos:
+    """Per request class the larger TTFT SLO, and the larger TPOT SLO: SLOs an unloaded system meets at both."""
+    classes = sorted(set(a.ttft_ms) | set(b.ttft_ms))
+    ttft = {k: max(s.ttft_ms[k] for s in (a, b) if k in s.ttft_ms) for k in classes}
+    return Slos(ttft, max(a.tpot_ms, b.tpot_ms))
+
+
+def loosens(before: Slos, after: Slos, tolerance: float = 0.02) -> bool:
+    """Whether ``after`` is looser than ``before`` by more than ``tolerance`` anywhere (less is noise: judging again
+    and reopening sweeps for a 1 % change would spend minutes on nothing)."""
+    if after.tpot_ms > before.tpot_ms * (1 + tolerance):
+        return True
+    return any(v > before.ttft_ms.get(k, 0.0) * (1 + tolerance) for k, v in after.ttft_ms.items())
+
+
+def rejudge(results: dict, slos: Slos) -> None:
+    """Every run of every system summarised again from its raw per-request times under ``slos`` (in place)."""
+    for entry in results["systems"].values():
+        raw = entry["raw"]
+        entry["runs"] = [summarize([RequestResult(**r) for r in raw[str(run["rate"])]], slos, run["rate"])
+                         | {"started": run.get("started")} for run in entry["runs"]]
