@@ -203,7 +203,8 @@ def load_rounds(urls: dict[str, str], systems: list[System], args, classes, vide
     while todo := next_round(plans, {n: {r: run["attainment"] for r, run in d.items()} for n, d in done.items()},
                              first):
         rounds += 1
-        print(f"\n=== load, round {rounds}: " + ", ".join(f"{name} at {rate} req/s" for name, rate in todo), flush=True)
+        n = len(results.get("host_speed", [])) + 1  # rounds before a recalibration count on
+        print(f"\n=== load, round {n}: " + ", ".join(f"{name} at {rate} req/s" for name, rate in todo), flush=True)
         _host_speed(urls[first], args, results)
         for name, rate in todo:
             done[name][rate], raw[name][str(rate)] = _one_rate(urls[name], name, rate, args, classes, videos, shape,
