@@ -205,10 +205,11 @@ def load_rounds(urls: dict[str, str], systems: list[System], args, classes, vide
         rounds += 1
         n = len(results.get("host_speed", [])) + 1  # rounds before a recalibration count on
         print(f"\n=== load, round {n}: " + ", ".join(f"{name} at {rate} req/s" for name, rate in todo), flush=True)
-        _host_speed(urls[first], args, results)
+        speed = _host_speed(urls[first], args, results)
         for name, rate in todo:
             done[name][rate], raw[name][str(rate)] = _one_rate(urls[name], name, rate, args, classes, videos, shape,
                                                                hints, slos)
+            done[name][rate]["host_batch_tpot_ms"] = speed  # the host's speed in this run's round
         for name, entry in entries.items():
             entry["runs"], entry["raw"] = [done[name][r] for r in sorted(done[name])], raw[name]
         # A checkpoint per round (no plots): a run stopped part way keeps what it measured, and `--extend DIR`
@@ -219,12 +220,13 @@ def load_rounds(urls: dict[str, str], systems: list[System], args, classes, vide
     return rounds
 
 
-def _host_speed(url: str, args, results: dict) -> None:
+def _host_speed(url: str, args, results: dict) -> float:
     """The first system's unloaded TPOT at the typical batch before each round (~1 s): the host's speed over the run,
     in results.json, so a reader sees how far it drifted while the rates ran."""
     tpot = sorted(batch_tpots(url, args.typical_batch, args.calib_tokens))[args.typical_batch // 2]
     results.setdefault("host_speed", []).append({"time": time.strftime("%H:%M:%S"), "batch_tpot_ms": round(tpot, 2)})
     print(f"  host speed: unloaded TPOT at batch {args.typical_batch} {tpot:.2f} ms", flush=True)
+    return round(tpot, 2)
 
 
 def recalibrate(urls: dict[str, str], systems: list[System], args, classes, videos, shape, slos: Slos,

@@ -36,4 +36,4 @@ def rejudge(results: dict, slos: Slos) -> None:
     for entry in results["systems"].values():
         raw = entry["raw"]
         entry["runs"] = [summarize([RequestResult(**r) for r in raw[str(run["rate"])]], slos, run["rate"])
-                         | {"started": run.get("started")} for run in entry["runs"]]
+                         | {k: run[k] for k in ("started", "host_batch_tpot_ms") if k in run} for run in entry["runs"]]

@@ -67,12 +67,13 @@ def test_slos_follow_the_slower_calibration_and_every_run_is_judged_again():
     assert not loosens(start, Slos({"text": 101.0, "video": 1000.0}, tpot_ms=15.1))  # within 2 %: noise
     # A run judged by the start's SLOs: 2 of 3 miss TPOT 15 ms; the slower SLOs pass them.
     reqs = [_result(ttft_s=0.05, tpot_s=t) for t in (0.012, 0.018, 0.02)]
-    summary = summarize(reqs, start, 0.5) | {"started": "12:00:00"}
+    summary = summarize(reqs, start, 0.5) | {"started": "12:00:00", "host_batch_tpot_ms": 9.5}
     results = {"systems": {"ours": {"runs": [summary], "raw": {"0.5": [asdict(r) for r in reqs]}}}}
     assert summary["attainment"] == pytest.approx(1 / 3, abs=1e-3)
     rejudge(results, slower(start, later))
     run = results["systems"]["ours"]["runs"][0]
-    assert run["attainment"] == 1.0 and run["started"] == "12:00:00" and run["num_requests"] == 3
+    assert run["attainment"] == 1.0 and run["num_requests"] == 3
+    assert run["started"] == "12:00:00" and run["host_batch_tpot_ms"] == 9.5  # kept as they ran
 
 
 def test_sweep_stops_below_half_probes_lower_and_bisects_to_the_resolution():
@@ -183,6 +184,7 @@ def test_bench_serving_runs_against_a_live_server(mllm_server, sample_video_dir,
     assert results["slos"]["tpot_ms"] >= results["slos_at_start"]["tpot_ms"]
     assert all(results["slos"]["ttft_ms"][k] >= v for k, v in results["slos_at_start"]["ttft_ms"].items())
     assert results["host_speed"] and all(h["batch_tpot_ms"] > 0 for h in results["host_speed"])
+    assert all(run["host_batch_tpot_ms"] > 0 for run in runs)  # each run carries its round's host speed
     # --extend with the same method: nothing new to run, every run kept, the extension recorded.
     assert bench_serving.main(["--url", mllm_server.grpc_url, "--bisect-resolution", "0", "--extend",
                                str(tmp_path)]) == 0
