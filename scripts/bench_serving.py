@@ -77,8 +77,6 @@ MODEL_DIRS = {"tiny": "tiny-qwen2.5-vl", "small": "small-qwen2.5-vl", "7b": "7b-
 DEFAULT_OUT = REPO / "bench_out" / "serving"
 
 
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true",
@@ -223,10 +221,10 @@ def load_rounds(urls: dict[str, str], systems: list[System], args, classes, vide
 def _host_speed(url: str, args, results: dict) -> float:
     """The first system's unloaded TPOT at the typical batch before each round (~1 s): the host's speed over the run,
     in results.json, so a reader sees how far it drifted while the rates ran."""
-    tpot = sorted(batch_tpots(url, args.typical_batch, args.calib_tokens))[args.typical_batch // 2]
-    results.setdefault("host_speed", []).append({"time": time.strftime("%H:%M:%S"), "batch_tpot_ms": round(tpot, 2)})
+    tpot = round(sorted(batch_tpots(url, args.typical_batch, args.calib_tokens))[args.typical_batch // 2], 2)
+    results.setdefault("host_speed", []).append({"time": time.strftime("%H:%M:%S"), "batch_tpot_ms": tpot})
     print(f"  host speed: unloaded TPOT at batch {args.typical_batch} {tpot:.2f} ms", flush=True)
-    return round(tpot, 2)
+    return tpot
 
 
 def recalibrate(urls: dict[str, str], systems: list[System], args, classes, videos, shape, slos: Slos,
@@ -245,8 +243,7 @@ def recalibrate(urls: dict[str, str], systems: list[System], args, classes, vide
             print("  the host is not slower than when the SLOs were set: SLOs unchanged", flush=True)
             break
         slos = slower(slos, measured)
-        print(f"  SLOs now: TPOT {slos.tpot_ms:.2f} ms; TTFT " + ", ".join(f"{k} {v:.0f} ms" for k, v in
-                                                                       slos.ttft_ms.items()), flush=True)
+        print(f"  SLOs now: {slos.describe()}", flush=True)
         rejudge(results, slos)
         if not load_rounds(urls, systems, args, classes, videos, shape, slos, results):
             break
@@ -358,8 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             slos = (_load_slos(args.slos_from) if args.slos_from
                     else slos_from(calibrations.values(), args.ttft_slo_scale, args.tpot_slo_scale))
             results["slos_at_start"] = slos.as_dict()
-            print(f"\nSLOs for every system: TPOT {slos.tpot_ms:.2f} ms; TTFT "
-                  + ", ".join(f"{k} {v:.0f} ms" for k, v in slos.ttft_ms.items()), flush=True)
+            print(f"\nSLOs for every system: {slos.describe()}", flush=True)
             grid = ([float(x) for x in args.rates.split(",")] if args.rates != "auto"
                     else rate_grid(calibrations[systems[0].name], args, classes, shape))
             for system in systems:

@@ -24,6 +24,9 @@ class Slos:
         tpot = r.tpot_ms
         return tpot is None or tpot <= self.tpot_ms  # a 1-token answer has no TPOT
 
+    def describe(self) -> str:
+        return f"TPOT {self.tpot_ms:.2f} ms; TTFT " + ", ".join(f"{k} {v:.0f} ms" for k, v in self.ttft_ms.items())
+
     def as_dict(self) -> dict:
         return {"ttft_ms": {k: round(v, 1) for k, v in self.ttft_ms.items()}, "tpot_ms": round(self.tpot_ms, 2)}
 
