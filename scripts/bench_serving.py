@@ -30,11 +30,13 @@ errors at the client. A sweep stops at the first rate where fewer than half the 
 failing its lowest rate is tried at lower rates; then bisection between the last pass and the first fail until they
 are within --bisect-resolution of each other. Goodput = the highest rate at which >= 90 % of requests meet both
 SLOs (every lower rate passing), interpolated to the next rate as DistServe does. The first system (ours) also runs
-at every other system's highest sustained rate, so p99 TPOT is compared at a rate both sustain.
+at every other system's highest sustained rate, so p99 TPOT is compared at a rate both sustain. The first system's
+unloaded TPOT at the typical batch is probed before and after each round: a round that ran more than
+--slow-host-factor x slower than the calibration is set aside and run again, --slow-retries times at most
+(bench_serving_rounds).
 Phase 3 (--recalibrations, default 1): the calibration again, after the sweeps. Where the host got slower, the SLOs
 become the slower calibration's (per class; a fast moment's SLOs are unmeetable unloaded in a slow one), every run is
-judged again from its raw times, and the sweeps go on where the new judgement moves them (bench_serving_drift). The
-first system's unloaded TPOT at the typical batch before each round records the host's speed over the run.
+judged again from its raw times, and the sweeps go on where the new judgement moves them (bench_serving_drift).
 --extend DIR runs only what the current method adds to an old results folder (same traces, SLOs and grid), or
 what a stopped run had left to do (results.json / raw.json are written after every round).
 
@@ -62,14 +64,13 @@ for _path in (REPO / "backends", REPO / "scripts"):  # works before `pip install
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench_common import host_info  # noqa: E402
-from bench_serving_calibration import batch_tpots, calibrate, mean_service_s, warm_up  # noqa: E402
-from bench_serving_client import Hints, replay  # noqa: E402
+from bench_serving_calibration import calibrate, mean_service_s, warm_up  # noqa: E402
 from bench_serving_drift import loosens, rejudge, slower  # noqa: E402
-from bench_serving_metrics import Slos, goodput, slos_from, summarize, tpot_p99_comparisons  # noqa: E402
-from bench_serving_plan import SweepPlan, next_round  # noqa: E402
+from bench_serving_metrics import Slos, slos_from  # noqa: E402
 from bench_serving_report import print_table, write_outputs  # noqa: E402
+from bench_serving_rounds import finish, load_rounds  # noqa: E402
 from bench_serving_systems import NO_CACHES, SYSTEMS, System  # noqa: E402
-from bench_serving_trace import TraceShape, ensure_videos, make_trace, mean_service_weights, request_classes  # noqa: E402
+from bench_serving_trace import TraceShape, ensure_videos, mean_service_weights, request_classes  # noqa: E402
 
 from triton_adapters.launcher import TritonServerProcess  # noqa: E402
 
@@ -113,6 +114,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--recalibrations", type=int, default=1,
                     help="calibrate again after the sweeps, up to this many times: the SLOs become the slower of the "
                     "calibrations, every run is judged again and the sweeps go on (bench_serving_drift; 0: never)")
+    ap.add_argument("--slow-host-factor", type=float, default=1.3,
+                    help="a round whose host probe (the first system's unloaded TPOT at the typical batch, before and "
+                    "after it) read more than this x the same probe at the calibration runs again (0: never)")
+    ap.add_argument("--slow-retries", type=int, default=None,
+                    help="at most this many reruns per round run in a slow spell (default 2; quick 0)")
     ap.add_argument("--stop-below", type=float, default=0.5, help="stop a sweep below this attainment")
     ap.add_argument("--request-timeout", type=float, default=600.0)
     ap.add_argument("--seed", type=int, default=0)
@@ -128,6 +134,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.bisect_resolution is None:
         args.bisect_resolution = 0.0 if q else 0.25
     args.calib_reps = args.calib_reps or (1 if q else 3)
+    args.slow_retries = (0 if q else 2) if args.slow_retries is None else args.slow_retries
     args.long_video = (not q) if args.long_video is None else args.long_video
     args.rate_multipliers = [float(x) for x in (args.rate_multipliers or ("0.3,0.6,1.2" if q else
                                                                           "0.25,0.5,1,1.5,2,3,4")).split(",")]
@@ -183,50 +190,6 @@ def _env(system: System, args, model: Path) -> dict[str, str]:
             **system.env}
 
 
-def load_rounds(urls: dict[str, str], systems: list[System], args, classes, videos, shape, slos: Slos,
-                results: dict) -> int:
-    """Phase 2, interleaved: in each round every system whose sweep is not complete runs its next rate, ours last
-    (bench_serving_plan.next_round). The machine's speed drifts on a shared host (measured on the 2-core VM: a fixed
-    CPU probe varied by +-25 % within minutes, an engine decode step by 1.5x between runs); system after system, a
-    slow spell would land on whichever system ran then, round by round it lands on every system alike."""
-    first = systems[0].name
-    plans = {s.name: SweepPlan(tuple(results["systems"][s.name]["grid"]), args.stop_below, 0 if args.quick else 2,
-                               args.bisect_resolution) for s in systems}
-    entries = {name: results["systems"][name] for name in plans}
-    done = {name: {run["rate"]: run for run in entry.get("runs", [])} for name, entry in entries.items()}
-    raw = {name: dict(entry.get("raw", {})) for name, entry in entries.items()}
-    # Every system gets the same SLOs as hints (ttft_slo_ms per class, tpot_slo_ms) and is judged by them.
-    hints = {name: Hints(ms, slos.tpot_ms) for name, ms in slos.ttft_ms.items()}
-    rounds = 0
-    while todo := next_round(plans, {n: {r: run["attainment"] for r, run in d.items()} for n, d in done.items()},
-                             first):
-        rounds += 1
-        n = len(results.get("host_speed", [])) + 1  # rounds before a recalibration count on
-        print(f"\n=== load, round {n}: " + ", ".join(f"{name} at {rate} req/s" for name, rate in todo), flush=True)
-        speed = _host_speed(urls[first], args, results)
-        for name, rate in todo:
-            done[name][rate], raw[name][str(rate)] = _one_rate(urls[name], name, rate, args, classes, videos, shape,
-                                                               hints, slos)
-            done[name][rate]["host_batch_tpot_ms"] = speed  # the host's speed in this run's round
-        for name, entry in entries.items():
-            entry["runs"], entry["raw"] = [done[name][r] for r in sorted(done[name])], raw[name]
-        # A checkpoint per round (no plots): a run stopped part way keeps what it measured, and `--extend DIR`
-        # goes on from there (same traces, SLOs and grid; it reruns only the missing rates).
-        write_outputs(finish(results, slos), args.out, plots=False)
-    if not rounds:
-        print("  every planned rate already ran", flush=True)
-    return rounds
-
-
-def _host_speed(url: str, args, results: dict) -> float:
-    """The first system's unloaded TPOT at the typical batch before each round (~1 s): the host's speed over the run,
-    in results.json, so a reader sees how far it drifted while the rates ran."""
-    tpot = round(sorted(batch_tpots(url, args.typical_batch, args.calib_tokens))[args.typical_batch // 2], 2)
-    results.setdefault("host_speed", []).append({"time": time.strftime("%H:%M:%S"), "batch_tpot_ms": tpot})
-    print(f"  host speed: unloaded TPOT at batch {args.typical_batch} {tpot:.2f} ms", flush=True)
-    return tpot
-
-
 def recalibrate(urls: dict[str, str], systems: list[System], args, classes, videos, shape, slos: Slos,
                 results: dict) -> Slos:
     """Calibrate again after the sweeps; where the host got slower, the SLOs follow the slower calibration, every run
@@ -257,36 +220,6 @@ def rate_grid(calibration: dict, args, classes, shape) -> list[float]:
     grid = [round(base * m, 3) for m in args.rate_multipliers]
     print(f"\nrate grid: {grid} req/s (1 / unloaded mix service time = {base:.3f} req/s)", flush=True)
     return grid
-
-
-def _one_rate(url, name, rate, args, classes, videos, shape, hints, slos) -> tuple[dict, list]:
-    from tqdm import tqdm
-
-    trace = make_trace(args.seed, rate, args.duration, args.min_requests, classes, shape)
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
-    with tqdm(total=len(trace), desc=f"  {name} {rate:7.3f} req/s", unit="req", leave=False) as bar:
-        results = replay(url, trace, videos, hints, args.request_timeout, on_done=lambda: bar.update(1))
-    summary = summarize(results, slos, rate) | {"started": started}
-    print(f"  {name:>16} {rate:7.3f} req/s: {len(trace):3d} requests, SLO attainment {summary['attainment']:.0%}, "
-          f"TTFT p50 {summary['ttft_ms']['p50']} ms, TPOT p99 {summary['tpot_ms']['p99']} ms, "
-          f"errors {summary['num_errors']}", flush=True)
-    return summary, [asdict(r) for r in results]
-
-
-def finish(results: dict, slos: Slos) -> dict:
-    """Goodput per system (its runs were judged by ``slos`` as they ran), ours vs each other system's goodput, and
-    p99 TPOT of ours vs each other system at the highest rate both sustain."""
-    results["slos"] = slos.as_dict()
-    for entry in results["systems"].values():
-        entry["goodput"] = goodput((run["rate"], run["attainment"]) for run in entry["runs"])
-    names = list(results["systems"])
-    if names:
-        ours = results["systems"][names[0]]["goodput"]["interpolated"]
-        results["goodput_ratios"] = {f"{names[0]} / {n}": (round(ours / g, 2) if g else None)
-                                     for n in names[1:] for g in [results["systems"][n]["goodput"]["interpolated"]]}
-    results["tpot_p99_at_common_sustained_rate"] = tpot_p99_comparisons(
-        {n: e["runs"] for n, e in results["systems"].items()})
-    return results
 
 
 # What makes a results folder's traces and judging what they are: --extend takes these from the folder.

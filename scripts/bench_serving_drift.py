@@ -15,6 +15,9 @@ from __future__ import annotations
 from bench_serving_client import RequestResult
 from bench_serving_metrics import Slos, summarize
 
+# What a run records about when and how it ran: kept when it is judged again.
+_AS_THEY_RAN = ("started", "host_batch_tpot_ms", "host_slow")
+
 
 def slower(a: Slos, b: Slos) -> Slos:
     """Per request class the larger TTFT SLO, and the larger TPOT SLO: SLOs an unloaded system meets at both."""
@@ -36,4 +39,4 @@ def rejudge(results: dict, slos: Slos) -> None:
     for entry in results["systems"].values():
         raw = entry["raw"]
         entry["runs"] = [summarize([RequestResult(**r) for r in raw[str(run["rate"])]], slos, run["rate"])
-                         | {k: run[k] for k in ("started", "host_batch_tpot_ms") if k in run} for run in entry["runs"]]
+                         | {k: run[k] for k in _AS_THEY_RAN if k in run} for run in entry["runs"]]

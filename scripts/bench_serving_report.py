@@ -28,6 +28,9 @@ def print_table(results: dict) -> None:
     if speeds:
         print(f"  host speed over the rounds (unloaded TPOT at the typical batch): {min(speeds):.2f}-{max(speeds):.2f} "
               f"ms, median {float(np.median(speeds)):.2f} ms")
+    if discarded := results.get("discarded_rounds"):
+        print(f"  {len(discarded)} round(s) run again: the host was slower than at the calibration by more than the "
+              f"--slow-host-factor (rounds {', '.join(str(d['round']) for d in discarded)})")
     print(f"\n{'system':<16} {'rate':>7} {'n':>4} {'err':>4} {'attain':>7} {'TTFT p50':>9} {'TTFT p99':>9} "
           f"{'TPOT p50':>9} {'TPOT p99':>9} {'tok/s':>7}")
     for name, entry in systems.items():
@@ -35,7 +38,7 @@ def print_table(results: dict) -> None:
             print(f"{name:<16} {run['rate']:7.3f} {run['num_requests']:4d} {run['num_errors']:4d} "
                   f"{run['attainment']:7.1%} {_fmt(run['ttft_ms']['p50']):>9} {_fmt(run['ttft_ms']['p99']):>9} "
                   f"{_fmt(run['tpot_ms']['p50'], 2):>9} {_fmt(run['tpot_ms']['p99'], 2):>9} "
-                  f"{_fmt(run['output_tok_per_s']):>7}")
+                  f"{_fmt(run['output_tok_per_s']):>7}" + ("  (host slow)" if run.get("host_slow") else ""))
     print(f"\n{'system':<16} {'goodput req/s':>14} {'(grid)':>8}  unloaded TTFT text / slowest video class (ms)")
     for name, entry in systems.items():
         g, cal = entry["goodput"], entry["calibration"]["ttft_ms"]

@@ -12,6 +12,7 @@ from bench_serving_client import RequestResult
 from bench_serving_drift import loosens, rejudge, slower
 from bench_serving_metrics import Slos, common_sustained_rate, goodput, slos_from, summarize, tpot_p99_comparisons
 from bench_serving_plan import SweepPlan, next_rate, next_round, sustained_rate
+from bench_serving_rounds import is_slow, reference_speed
 from bench_serving_trace import TEXT, TraceShape, make_trace, request_classes
 
 
@@ -74,6 +75,15 @@ def test_slos_follow_the_slower_calibration_and_every_run_is_judged_again():
     run = results["systems"]["ours"]["runs"][0]
     assert run["attainment"] == 1.0 and run["num_requests"] == 3
     assert run["started"] == "12:00:00" and run["host_batch_tpot_ms"] == 9.5  # kept as they ran
+
+
+def test_a_round_is_slow_against_the_probe_of_the_slowest_calibration():
+    results = {"systems": {"ours": {"calibration": {"batch_tpot_ms": 8.0}}},
+               "recalibrations": [{"calibration": {"ours": {"batch_tpot_ms": 10.0}}}]}
+    reference = reference_speed(results, "ours")
+    assert reference == 10.0  # the SLOs in force follow the slower calibration
+    assert is_slow(13.5, reference, 1.3) and not is_slow(12.9, reference, 1.3)
+    assert not is_slow(100.0, reference, 0.0)  # factor 0: never
 
 
 def test_sweep_stops_below_half_probes_lower_and_bisects_to_the_resolution():
@@ -192,9 +202,14 @@ def test_bench_serving_runs_against_a_live_server(mllm_server, sample_video_dir,
     assert extended["systems"]["external"]["runs"] == runs and len(extended["extended"]) == 1
     assert (tmp_path / "results.before-extend.json").exists()
     # --slos-from: another run hinted and judged by this folder's SLOs instead of its own calibration's.
+    # And with every round taken for a slow spell (factor 0.01): each runs twice, the first attempt set aside.
     again = tmp_path / "again"
-    assert bench_serving.main(argv[:-1] + [str(again), "--slos-from", str(tmp_path)]) == 0
-    assert json.loads((again / "results.json").read_text())["slos"] == results["slos"]
+    assert bench_serving.main(argv[:-1] + [str(again), "--slos-from", str(tmp_path), "--slow-host-factor", "0.01",
+                                           "--slow-retries", "1"]) == 0
+    redone = json.loads((again / "results.json").read_text())
+    assert redone["slos"] == results["slos"]
+    assert len(redone["discarded_rounds"]) * 2 == redone["num_rounds"] == len(redone["host_speed"]) - 1
+    assert all(run["host_slow"] for run in redone["systems"]["external"]["runs"])  # out of retries: counted, marked
 
 
 def test_the_cross_run_summary_reads_every_folder(tmp_path):
