@@ -53,7 +53,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -65,7 +65,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench_common import host_info  # noqa: E402
 from bench_serving_calibration import calibrate, mean_service_s, warm_up  # noqa: E402
-from bench_serving_drift import loosens, rejudge, slower  # noqa: E402
+from bench_serving_drift import calibrate_again  # noqa: E402
 from bench_serving_metrics import Slos, slos_from  # noqa: E402
 from bench_serving_report import print_table, write_outputs  # noqa: E402
 from bench_serving_rounds import finish, load_rounds  # noqa: E402
@@ -194,23 +194,21 @@ def recalibrate(urls: dict[str, str], systems: list[System], args, classes, vide
                 results: dict) -> Slos:
     """Calibrate again after the sweeps; where the host got slower, the SLOs follow the slower calibration, every run
     is judged again and the sweeps go on from the new judgement (bench_serving_drift). Returns the final SLOs."""
+    again = _calibrate_again(urls, args, classes, videos)
     for i in range(args.recalibrations):
-        print(f"\n=== calibration again ({i + 1} of at most {args.recalibrations}; the SLOs become the slower one)",
-              flush=True)
-        again = calibrate(urls, classes, videos, reps=args.calib_reps, typical_batch=args.typical_batch,
-                          tokens=args.calib_tokens)
-        measured = slos_from(again.values(), args.ttft_slo_scale, args.tpot_slo_scale)
-        record = {"date": time.strftime("%Y-%m-%d %H:%M"), "calibration": again, "slos": measured.as_dict()}
-        results.setdefault("recalibrations", []).append(record)
-        if not loosens(slos, measured):
-            print("  the host is not slower than when the SLOs were set: SLOs unchanged", flush=True)
+        looser = again(slos, results, f"after the sweeps, {i + 1} of at most {args.recalibrations}")
+        if looser is slos:
             break
-        slos = slower(slos, measured)
-        print(f"  SLOs now: {slos.describe()}", flush=True)
-        rejudge(results, slos)
-        if not load_rounds(urls, systems, args, classes, videos, shape, slos, results):
+        rounds, slos = load_rounds(urls, systems, args, classes, videos, shape, looser, results, again)
+        if not rounds:
             break
     return slos
+
+
+def _calibrate_again(urls: dict[str, str], args, classes, videos) -> Callable[[Slos, dict, str], Slos]:
+    """The calibration once more (bench_serving_drift.calibrate_again): after the sweeps, and when a round ran in a
+    slow spell (bench_serving_rounds)."""
+    return lambda slos, results, why: calibrate_again(urls, args, classes, videos, slos, results, why)
 
 
 def rate_grid(calibration: dict, args, classes, shape) -> list[float]:
@@ -295,8 +293,10 @@ def main(argv: list[str] | None = None) -> int:
                 results["systems"][system.name] = {
                     "system": asdict(system) | {"repository": str(system.repository)},
                     "calibration": calibrations[system.name], "grid": grid, "runs": [], "raw": {}}
-        load_rounds(urls, systems, args, classes, videos, shape, slos, results)
-        if not prior and not args.slos_from:
+        fixed = bool(prior or args.slos_from)  # their SLOs are given: no calibration may loosen them
+        _, slos = load_rounds(urls, systems, args, classes, videos, shape, slos, results,
+                              None if fixed else _calibrate_again(urls, args, classes, videos))
+        if not fixed:
             slos = recalibrate(urls, systems, args, classes, videos, shape, slos, results)
     results["wall_s"] = round(time.perf_counter() - started + (prior or {}).get("wall_s", 0.0), 1)
     finish(results, slos)

@@ -12,8 +12,11 @@ SLO-aware engine (ours) more, never less.
 
 from __future__ import annotations
 
+import time
+
+from bench_serving_calibration import calibrate
 from bench_serving_client import RequestResult
-from bench_serving_metrics import Slos, summarize
+from bench_serving_metrics import Slos, slos_from, summarize
 
 # What a run records about when and how it ran: kept when it is judged again.
 _AS_THEY_RAN = ("started", "host_batch_tpot_ms", "host_slow")
@@ -34,9 +37,32 @@ def loosens(before: Slos, after: Slos, tolerance: float = 0.02) -> bool:
     return any(v > before.ttft_ms.get(k, 0.0) * (1 + tolerance) for k, v in after.ttft_ms.items())
 
 
+def judged(run: dict, raw: list[dict], slos: Slos) -> dict:
+    """One run summarised again from its raw per-request times under ``slos``, keeping how it ran."""
+    return (summarize([RequestResult(**r) for r in raw], slos, run["rate"])
+            | {k: run[k] for k in _AS_THEY_RAN if k in run})
+
+
 def rejudge(results: dict, slos: Slos) -> None:
     """Every run of every system summarised again from its raw per-request times under ``slos`` (in place)."""
     for entry in results["systems"].values():
-        raw = entry["raw"]
-        entry["runs"] = [summarize([RequestResult(**r) for r in raw[str(run["rate"])]], slos, run["rate"])
-                         | {k: run[k] for k in _AS_THEY_RAN if k in run} for run in entry["runs"]]
+        entry["runs"] = [judged(run, entry["raw"][str(run["rate"])], slos) for run in entry["runs"]]
+
+
+def calibrate_again(urls: dict[str, str], args, classes, videos, slos: Slos, results: dict, why: str) -> Slos:
+    """The calibration once more (recorded under ``recalibrations`` with ``why``): the slower SLOs, with every run so
+    far judged again by them, or ``slos`` itself when the host is not slower than when they were set."""
+    print(f"\n=== calibration again ({why}; the SLOs become the slower one)", flush=True)
+    again = calibrate(urls, classes, videos, reps=args.calib_reps, typical_batch=args.typical_batch,
+                      tokens=args.calib_tokens)
+    measured = slos_from(again.values(), args.ttft_slo_scale, args.tpot_slo_scale)
+    record = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "why": why, "calibration": again, "slos": measured.as_dict()}
+    results.setdefault("recalibrations", []).append(record)
+    record["loosened"] = loosens(slos, measured)
+    if not record["loosened"]:
+        print("  the host is not slower than when the SLOs were set: SLOs unchanged", flush=True)
+        return slos
+    slos = slower(slos, measured)
+    print(f"  SLOs now: {slos.describe()}", flush=True)
+    rejudge(results, slos)
+    return slos

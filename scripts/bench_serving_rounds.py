@@ -14,10 +14,12 @@ calibration whose SLOs are in force, the round's runs are set aside (summaries k
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 from bench_serving_calibration import batch_tpots
 from bench_serving_client import Hints, replay
+from bench_serving_drift import judged
 from bench_serving_metrics import Slos, goodput, summarize, tpot_p99_comparisons
 from bench_serving_plan import SweepPlan, next_round
 from bench_serving_report import write_outputs
@@ -31,58 +33,67 @@ def is_slow(speed_ms: float, reference_ms: float, factor: float) -> bool:
 
 def reference_speed(results: dict, first: str) -> float:
     """The host probe's value when the SLOs in force were set: the first system's unloaded TPOT at the typical batch in
-    the slowest calibration so far (the SLOs follow the slower calibration, bench_serving_drift)."""
+    the slowest calibration that set them (the SLOs follow the slower calibration, bench_serving_drift; one that did
+    not loosen them set nothing)."""
     calibrations = [results["systems"][first]["calibration"]]
-    calibrations += [r["calibration"][first] for r in results.get("recalibrations", []) if first in r["calibration"]]
+    calibrations += [r["calibration"][first] for r in results.get("recalibrations", [])
+                     if r.get("loosened", True) and first in r["calibration"]]
     return max(c.get("batch_tpot_ms", 0.0) for c in calibrations)
 
 
-def load_rounds(urls: dict[str, str], systems: list, args, classes, videos, shape, slos: Slos, results: dict) -> int:
-    """Phase 2, interleaved; returns how many rounds ran (set-aside attempts included)."""
+def load_rounds(urls: dict[str, str], systems: list, args, classes, videos, shape, slos: Slos, results: dict,
+                again: Callable[[Slos, dict, str], Slos] | None = None) -> tuple[int, Slos]:
+    """Phase 2, interleaved. ``again``: the calibration once more (bench_serving_drift.calibrate_again; None where the
+    SLOs are given). Returns how many rounds ran (set-aside attempts included) and the SLOs in force at the end."""
     first = systems[0].name
     plans = {s.name: SweepPlan(tuple(results["systems"][s.name]["grid"]), args.stop_below, 0 if args.quick else 2,
                                args.bisect_resolution) for s in systems}
     entries = {name: results["systems"][name] for name in plans}
-    done = {name: {run["rate"]: run for run in entry.get("runs", [])} for name, entry in entries.items()}
-    raw = {name: dict(entry.get("raw", {})) for name, entry in entries.items()}
-    # Every system gets the same SLOs as hints (ttft_slo_ms per class, tpot_slo_ms) and is judged by them.
-    hints = {name: Hints(ms, slos.tpot_ms) for name, ms in slos.ttft_ms.items()}
     reference = reference_speed(results, first)
     retries: dict[tuple, int] = {}
+    recalibrated: set[tuple] = set()
     rounds, probe = 0, None
-    while todo := next_round(plans, {n: {r: run["attainment"] for r, run in d.items()} for n, d in done.items()},
-                             first):
+    while todo := next_round(plans, {n: {run["rate"]: run["attainment"] for run in e["runs"]}
+                                     for n, e in entries.items()}, first):
         rounds += 1
         n = results["num_rounds"] = results.get("num_rounds", len(results.get("host_speed", []))) + 1
         print(f"\n=== load, round {n}: " + ", ".join(f"{name} at {rate} req/s" for name, rate in todo), flush=True)
+        # Every system gets the same SLOs as hints (ttft_slo_ms per class, tpot_slo_ms) and is judged by them.
+        hints = {name: Hints(ms, slos.tpot_ms) for name, ms in slos.ttft_ms.items()}
         before = probe if probe is not None else host_speed(urls[first], args, results)
         measured = {name: _one_rate(urls[name], name, rate, args, classes, videos, shape, hints, slos)
                     for name, rate in todo}
         probe = host_speed(urls[first], args, results)
         speed, key = max(before, probe), tuple(todo)
         slow = is_slow(speed, reference, args.slow_host_factor)
+        if slow and again is not None and key not in recalibrated:
+            # A spell that lasts is the calibration's to follow (the SLOs loosen, bench_serving_drift); one that ended
+            # leaves the calibration as fast as before, and the round runs again.
+            recalibrated.add(key)
+            slos = again(slos, results, f"round {n} ran at {speed:.2f} ms, > {args.slow_host_factor} x {reference:.2f}")
+            reference, probe = reference_speed(results, first), None
+            slow = is_slow(speed, reference, args.slow_host_factor)
         if slow and retries.get(key, 0) < args.slow_retries:
             retries[key] = retries.get(key, 0) + 1
             results.setdefault("discarded_rounds", []).append({
-                "round": n, "host_batch_tpot_ms": [before, probe], "reference_ms": reference,
+                "round": n, "host_batch_tpot_ms": [before, speed], "reference_ms": reference,
                 "runs": {name: measured[name][0] | {"host_batch_tpot_ms": speed} for name, _ in todo}})
             print(f"  host slow in this round ({speed:.2f} ms > {args.slow_host_factor} x {reference:.2f} ms at the "
                   f"calibration): its runs are set aside and the round runs again ({retries[key]} of at most "
                   f"{args.slow_retries})", flush=True)
             continue
         for name, rate in todo:
-            summary, done_raw = measured[name]
-            done[name][rate], raw[name][str(rate)] = summary | {"host_batch_tpot_ms": speed}, done_raw
-            if slow:
-                done[name][rate]["host_slow"] = True  # out of retries: counted, and marked
-        for name, entry in entries.items():
-            entry["runs"], entry["raw"] = [done[name][r] for r in sorted(done[name])], raw[name]
+            summary, raw = measured[name]
+            run = judged(summary | {"host_batch_tpot_ms": speed} | ({"host_slow": True} if slow else {}), raw, slos)
+            entry = entries[name]
+            entry["raw"][str(rate)] = raw
+            entry["runs"] = sorted([r for r in entry["runs"] if r["rate"] != rate] + [run], key=lambda r: r["rate"])
         # A checkpoint per round (no plots): a run stopped part way keeps what it measured, and `--extend DIR`
         # goes on from there (same traces, SLOs and grid; it reruns only the missing rates).
         write_outputs(finish(results, slos), args.out, plots=False)
     if not rounds:
         print("  every planned rate already ran", flush=True)
-    return rounds
+    return rounds, slos
 
 
 def host_speed(url: str, args, results: dict) -> float:

@@ -79,9 +79,10 @@ def test_slos_follow_the_slower_calibration_and_every_run_is_judged_again():
 
 def test_a_round_is_slow_against_the_probe_of_the_slowest_calibration():
     results = {"systems": {"ours": {"calibration": {"batch_tpot_ms": 8.0}}},
-               "recalibrations": [{"calibration": {"ours": {"batch_tpot_ms": 10.0}}}]}
+               "recalibrations": [{"calibration": {"ours": {"batch_tpot_ms": 10.0}}, "loosened": True},
+                                  {"calibration": {"ours": {"batch_tpot_ms": 12.0}}, "loosened": False}]}
     reference = reference_speed(results, "ours")
-    assert reference == 10.0  # the SLOs in force follow the slower calibration
+    assert reference == 10.0  # the SLOs in force follow the slower calibration; one that set nothing does not count
     assert is_slow(13.5, reference, 1.3) and not is_slow(12.9, reference, 1.3)
     assert not is_slow(100.0, reference, 0.0)  # factor 0: never
 
@@ -177,7 +178,7 @@ def test_bench_serving_runs_against_a_live_server(mllm_server, sample_video_dir,
     argv = ["--url", mllm_server.grpc_url, "--model", tiny_model_path, "--video-dir", str(sample_video_dir),
             "--no-long-video", "--rates", "3", "--duration", "2", "--min-requests", "5", "--calib-reps", "1",
             "--typical-batch", "2", "--calib-tokens", "6", "--text-tokens", "4,8", "--video-tokens", "4,8",
-            "--bisect-resolution", "0", "--out", str(tmp_path)]
+            "--bisect-resolution", "0", "--slow-host-factor", "0", "--out", str(tmp_path)]
     assert bench_serving.main(argv) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     entry = results["systems"]["external"]
@@ -210,6 +211,13 @@ def test_bench_serving_runs_against_a_live_server(mllm_server, sample_video_dir,
     assert redone["slos"] == results["slos"]
     assert len(redone["discarded_rounds"]) * 2 == redone["num_rounds"] == len(redone["host_speed"]) - 1
     assert all(run["host_slow"] for run in redone["systems"]["external"]["runs"])  # out of retries: counted, marked
+    assert "recalibrations" not in redone  # --slos-from: the SLOs are given
+    # Without given SLOs, a slow round first has the calibration run again (a lasting spell loosens the SLOs).
+    spell = tmp_path / "spell"
+    assert bench_serving.main(argv[:-3] + ["0.01", "--slow-retries", "1", "--out", str(spell)]) == 0
+    spelled = json.loads((spell / "results.json").read_text())
+    assert spelled["recalibrations"][0]["why"].startswith("round 1 ran at")
+    assert [d["round"] for d in spelled["discarded_rounds"]] == [1]  # 0.01 x any calibration: still slow, run again
 
 
 def test_the_cross_run_summary_reads_every_folder(tmp_path):
