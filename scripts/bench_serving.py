@@ -32,8 +32,9 @@ are within --bisect-resolution of each other. Goodput = the highest rate at whic
 SLOs (every lower rate passing), interpolated to the next rate as DistServe does. The first system (ours) also runs
 at every other system's highest sustained rate, so p99 TPOT is compared at a rate both sustain. The first system's
 unloaded TPOT at the typical batch is probed before and after each round: a round that ran more than
---slow-host-factor x slower than the calibration is set aside and run again, --slow-retries times at most
-(bench_serving_rounds).
+--slow-host-factor x slower than the calibration first has the calibration run again (a lasting spell loosens the
+SLOs by phase 3's rule and the round counts) or, the spell over, is set aside and runs again, --slow-retries times at
+most (bench_serving_rounds).
 Phase 3 (--recalibrations, default 1): the calibration again, after the sweeps. Where the host got slower, the SLOs
 become the slower calibration's (per class; a fast moment's SLOs are unmeetable unloaded in a slow one), every run is
 judged again from its raw times, and the sweeps go on where the new judgement moves them (bench_serving_drift).

@@ -6,9 +6,12 @@ minutes to an hour); round by round a slow spell lands on every system alike, bu
 SLOs set in a faster moment: serving31 had three rounds at 1.7-1.9x the calibration's speed, and their four runs were
 the only dips that set two goodputs. So the first system's unloaded TPOT at the typical batch is probed before and
 after each round (~1 s each); where the slower probe is more than `slow_host_factor` x the same probe in the
-calibration whose SLOs are in force, the round's runs are set aside (summaries kept in results.json under
-``discarded_rounds``) and the round runs again, up to `slow_retries` times; after that the last attempt counts, marked
-``host_slow``. Every system of the round reruns, so the comparison stays side by side.
+calibration whose SLOs are in force, the calibration first runs again: a spell that lasts makes it slower, the SLOs
+follow it (bench_serving_drift) and the round counts, judged by them. A spell that ended leaves the SLOs as they were;
+then the round's runs are set aside (summaries kept in results.json under ``discarded_rounds``) and the round runs
+again, up to `slow_retries` times; after that the last attempt counts, marked ``host_slow``. Every system of the round
+reruns, so the comparison stays side by side. (Retries alone, first tried: a spell that lasted ran one round three
+times, 4.5 min each, for nothing.)
 """
 
 from __future__ import annotations
