@@ -35,9 +35,9 @@ unloaded TPOT at the typical batch is probed before and after each round: a roun
 --slow-host-factor x slower than the calibration first has the calibration run again (a lasting spell loosens the
 SLOs by phase 3's rule and the round counts) or, the spell over, is set aside and runs again, --slow-retries times at
 most (bench_serving_rounds).
-Phase 3 (--recalibrations, default 1): the calibration again, after the sweeps. Where the host got slower, the SLOs
-become the slower calibration's (per class; a fast moment's SLOs are unmeetable unloaded in a slow one), every run is
-judged again from its raw times, and the sweeps go on where the new judgement moves them (bench_serving_drift).
+Phase 3 (--recalibrations, default 1, quick 0): the calibration again, after the sweeps. Where the host got slower,
+the SLOs become the slower calibration's (per class; a fast moment's SLOs are unmeetable unloaded in a slow one), every
+run is judged again from its raw times, and the sweeps go on where the new judgement moves them (bench_serving_drift).
 --extend DIR runs only what the current method adds to an old results folder (same traces, SLOs and grid), or
 what a stopped run had left to do (results.json / raw.json are written after every round).
 
@@ -112,9 +112,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--typical-batch", type=int, default=4)
     ap.add_argument("--calib-reps", type=int, default=None, help="default 3; quick 1")
     ap.add_argument("--calib-tokens", type=int, default=32)
-    ap.add_argument("--recalibrations", type=int, default=1,
+    ap.add_argument("--recalibrations", type=int, default=None,
                     help="calibrate again after the sweeps, up to this many times: the SLOs become the slower of the "
-                    "calibrations, every run is judged again and the sweeps go on (bench_serving_drift; 0: never)")
+                    "calibrations, every run is judged again and the sweeps go on (bench_serving_drift; 0: never; "
+                    "default 1; quick 0, where a slow round still re-calibrates)")
     ap.add_argument("--slow-host-factor", type=float, default=1.3,
                     help="a round whose host probe (the first system's unloaded TPOT at the typical batch, before and "
                     "after it) read more than this x the same probe at the calibration runs again (0: never)")
@@ -136,6 +137,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.bisect_resolution = 0.0 if q else 0.25
     args.calib_reps = args.calib_reps or (1 if q else 3)
     args.slow_retries = (0 if q else 2) if args.slow_retries is None else args.slow_retries
+    # Quick: no calibration after the sweeps (~1 min of its < 10; measured 10m54s with it on a slow spell of the VM).
+    args.recalibrations = (0 if q else 1) if args.recalibrations is None else args.recalibrations
     args.long_video = (not q) if args.long_video is None else args.long_video
     args.rate_multipliers = [float(x) for x in (args.rate_multipliers or ("0.3,0.6,1.2" if q else
                                                                           "0.25,0.5,1,1.5,2,3,4")).split(",")]
