@@ -66,8 +66,8 @@ def load_rounds(urls: dict[str, str], systems: list, args, classes, videos, shap
         before = probe if probe is not None else host_speed(urls[first], args, results)
         measured = {name: _one_rate(urls[name], name, rate, args, classes, videos, shape, hints, slos)
                     for name, rate in todo}
-        probe = host_speed(urls[first], args, results)
-        speed, key = max(before, probe), tuple(todo)
+        after = probe = host_speed(urls[first], args, results)
+        speed, key = max(before, after), tuple(todo)
         slow = is_slow(speed, reference, args.slow_host_factor)
         if slow and again is not None and key not in recalibrated:
             # A spell that lasts is the calibration's to follow (the SLOs loosen, bench_serving_drift); one that ended
@@ -79,7 +79,7 @@ def load_rounds(urls: dict[str, str], systems: list, args, classes, videos, shap
         if slow and retries.get(key, 0) < args.slow_retries:
             retries[key] = retries.get(key, 0) + 1
             results.setdefault("discarded_rounds", []).append({
-                "round": n, "host_batch_tpot_ms": [before, speed], "reference_ms": reference,
+                "round": n, "host_batch_tpot_ms": [before, after], "reference_ms": reference,
                 "runs": {name: measured[name][0] | {"host_batch_tpot_ms": speed} for name, _ in todo}})
             print(f"  host slow in this round ({speed:.2f} ms > {args.slow_host_factor} x {reference:.2f} ms at the "
                   f"calibration): its runs are set aside and the round runs again ({retries[key]} of at most "

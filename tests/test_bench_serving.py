@@ -210,14 +210,18 @@ def test_bench_serving_runs_against_a_live_server(mllm_server, sample_video_dir,
     redone = json.loads((again / "results.json").read_text())
     assert redone["slos"] == results["slos"]
     assert len(redone["discarded_rounds"]) * 2 == redone["num_rounds"] == len(redone["host_speed"]) - 1
+    assert all(len(d["host_batch_tpot_ms"]) == 2 for d in redone["discarded_rounds"])  # the probes before and after
     assert all(run["host_slow"] for run in redone["systems"]["external"]["runs"])  # out of retries: counted, marked
     assert "recalibrations" not in redone  # --slos-from: the SLOs are given
     # Without given SLOs, a slow round first has the calibration run again (a lasting spell loosens the SLOs).
     spell = tmp_path / "spell"
     assert bench_serving.main(argv[:-3] + ["0.01", "--slow-retries", "1", "--out", str(spell)]) == 0
     spelled = json.loads((spell / "results.json").read_text())
-    assert spelled["recalibrations"][0]["why"].startswith("round 1 ran at")
-    assert [d["round"] for d in spelled["discarded_rounds"]] == [1]  # 0.01 x any calibration: still slow, run again
+    whys = [r["why"] for r in spelled["recalibrations"]]
+    assert whys[0].startswith("round 1 ran at") and spelled["discarded_rounds"][0]["round"] == 1
+    # 0.01 x any calibration is still slow: every slow round re-calibrated first, then ran again (how many rounds
+    # there are depends on the attainment the tiny server reaches, so only the pairing is checked).
+    assert all(any(w.startswith(f"round {d['round']} ran at") for w in whys) for d in spelled["discarded_rounds"])
 
 
 def test_the_cross_run_summary_reads_every_folder(tmp_path):
