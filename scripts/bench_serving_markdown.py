@@ -65,7 +65,8 @@ def summary_table(folders: list[Path]) -> str:
                 cells.append("no common sustained rate")
                 continue
             ours_ms, other_ms = cmp["p99_tpot_ms"]
-            cells.append(f"{cmp['rate']} req/s: {_ms(ours_ms)} vs {_ms(other_ms)} ms ({cmp['ratio']:.2f}x)")
+            best = "" if cmp.get("both_sustain", True) else f" ({name}'s best rate; it sustains none)"
+            cells.append(f"{cmp['rate']} req/s{best}: {_ms(ours_ms)} vs {_ms(other_ms)} ms ({cmp['ratio']:.2f}x)")
             ratios.append(cmp["ratio"])
         median = f"**{statistics.median(ratios):.2f}x**" if ratios else "-"
         lines.append(f"| {first} vs {name} | " + " / ".join(cells) + f" | {median} |")

@@ -109,16 +109,38 @@ def common_sustained_rate(a: list[dict], b: list[dict]) -> float | None:
     return max(both) if both else None
 
 
+def best_rate(runs: list[dict]) -> float | None:
+    """Where a system that sustains no rate came closest: the rate of its highest attainment (the lowest such)."""
+    if not runs:
+        return None
+    return min(runs, key=lambda run: (-run["attainment"], run["rate"]))["rate"]
+
+
+def sustained_rate(runs: list[dict]) -> float | None:
+    """The highest rate a system met the attainment target at with every lower rate passing (None: none)."""
+    rate = goodput((run["rate"], run["attainment"]) for run in runs)["rate"]
+    return rate or None
+
+
+def comparison_rate(runs: list[dict]) -> float | None:
+    """The rate the first system also runs at to compare p99 TPOT with this one: its highest sustained rate, or,
+    when it sustains none, its best rate (a stack that meets the SLOs at no rate still has a TPOT to compare)."""
+    return sustained_rate(runs) or best_rate(runs)
+
+
 def tpot_p99_comparisons(runs: dict[str, list[dict]]) -> dict[str, dict]:
-    """The first system vs each other one: p99 TPOT of both at their common sustained rate, and the ratio."""
+    """The first system vs each other one: p99 TPOT of both at their common sustained rate, and the ratio. When the
+    other system sustains no rate, at its best rate instead if the first one ran it (`both_sustain` False)."""
     names = list(runs)
     out = {}
     for other in names[1:]:
-        rate = common_sustained_rate(runs[names[0]], runs[other])
-        if rate is None:
+        rate, both = common_sustained_rate(runs[names[0]], runs[other]), True
+        if rate is None and sustained_rate(runs[other]) is None:
+            rate, both = best_rate(runs[other]), False
+        if rate is None or all(run["rate"] != rate for run in runs[names[0]]):
             out[f"{names[0]} / {other}"] = None
             continue
         p99 = [next(run["tpot_ms"]["p99"] for run in runs[n] if run["rate"] == rate) for n in (names[0], other)]
         ratio = round(p99[0] / p99[1], 3) if p99[0] is not None and p99[1] else None
-        out[f"{names[0]} / {other}"] = {"rate": rate, "p99_tpot_ms": p99, "ratio": ratio}
+        out[f"{names[0]} / {other}"] = {"rate": rate, "p99_tpot_ms": p99, "ratio": ratio, "both_sustain": both}
     return out

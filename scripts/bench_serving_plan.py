@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from bench_serving_metrics import ATTAINMENT_TARGET, goodput
+from bench_serving_metrics import ATTAINMENT_TARGET, comparison_rate, goodput
 
 
 @dataclass(frozen=True)
@@ -58,21 +58,17 @@ def _first_missing(rates: Iterable[float], attainment: Mapping[float, float]) ->
     return next((r for r in rates if r not in attainment), None)
 
 
-def sustained_rate(runs: list[dict]) -> float | None:
-    """The highest rate a system met the attainment target at with every lower rate passing (None: none)."""
-    rate = goodput((run["rate"], run["attainment"]) for run in runs)["rate"]
-    return rate or None
-
-
 def next_round(plans: Mapping[str, SweepPlan], attainment: Mapping[str, Mapping[float, float]], first: str
                ) -> list[tuple[str, float]]:
     """One round of an interleaved sweep: (system, rate) for every system whose sweep is not complete, the other
     systems first and ``first`` (ours) last; empty when every sweep is complete. ``first`` also runs at each other
-    system's highest sustained rate, once that system's sweep is complete (its final answer); until every other sweep
-    is, ``first`` may sit a round out and pick the extra rates up later."""
+    system's highest sustained rate (or best rate, when it sustains none: metrics.comparison_rate), once that system's
+    sweep is complete (its final answer); until every other sweep is, ``first`` may sit a round out and pick the extra
+    rates up later."""
     others = [name for name in plans if name != first]
     complete = [name for name in others if next_rate(plans[name], attainment[name]) is None]
-    extra = tuple(sorted({rate for name in complete if (rate := goodput(attainment[name].items())["rate"])}))
+    extra = tuple(sorted({rate for name in complete if (rate := comparison_rate(
+        [{"rate": r, "attainment": a} for r, a in attainment[name].items()])) is not None}))
     out = []
     for name in [*others, first] if first in plans else others:
         plan = replace(plans[name], extra=plans[name].extra + extra) if name == first else plans[name]

@@ -55,9 +55,16 @@ def print_table(results: dict) -> None:
         print(f"p99 TPOT at {common} req/s (a rate all ran): " + ", ".join(f"{n} {v} ms" for n, v in tpot.items())
               + (f" ({ratios})" if ratios else ""))
     for pair, cmp in results.get("tpot_p99_at_common_sustained_rate", {}).items():
-        print(f"p99 TPOT {pair} at the highest rate both sustain: " + ("none" if cmp is None else
+        print(f"p99 TPOT {pair} {tpot_rate_words(cmp)}: " + ("none" if cmp is None else
               f"{cmp['rate']} req/s, {cmp['p99_tpot_ms'][0]} vs {cmp['p99_tpot_ms'][1]} ms = {_fmt(cmp['ratio'], 2)}x"))
     print(f"machine: {results['machine']}; wall {results.get('wall_s')} s")
+
+
+def tpot_rate_words(cmp: dict | None) -> str:
+    """Where a p99 TPOT comparison was made (metrics.tpot_p99_comparisons)."""
+    if cmp is None or cmp.get("both_sustain", True):
+        return "at the highest rate both sustain"
+    return "at the other's best rate (it sustains none)"
 
 
 def write_outputs(results: dict, out: Path, plots: bool = True) -> None:

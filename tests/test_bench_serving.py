@@ -10,8 +10,16 @@ import bench_serving  # scripts/ is on sys.path (conftest)
 import pytest
 from bench_serving_client import RequestResult
 from bench_serving_drift import loosens, rejudge, slower
-from bench_serving_metrics import Slos, common_sustained_rate, goodput, slos_from, summarize, tpot_p99_comparisons
-from bench_serving_plan import SweepPlan, next_rate, next_round, sustained_rate
+from bench_serving_metrics import (
+    Slos,
+    common_sustained_rate,
+    goodput,
+    slos_from,
+    summarize,
+    sustained_rate,
+    tpot_p99_comparisons,
+)
+from bench_serving_plan import SweepPlan, next_rate, next_round
 from bench_serving_rounds import is_slow, reference_speed
 from bench_serving_trace import TEXT, TraceShape, make_trace, request_classes
 
@@ -133,9 +141,10 @@ def test_rounds_interleave_the_systems_and_ours_runs_the_others_sustained_rates_
     plans["ours"] = SweepPlan((1.0,), bisect_resolution=0)
     assert _rounds(plans, {"ours": lambda r: 1.0, **naive}) == [
         [("naive", 1.0), ("ours", 1.0)], [("naive", 0.5)], [("ours", 0.5)]]
-    # A system that sustains no rate adds no extra rate; one system alone is just its sweep.
+    # A system that sustains no rate adds its best rate (the lowest of equals); one system alone is just its sweep.
     assert _rounds(plans, {"ours": lambda r: 1.0, "naive": lambda r: 0.0}) == [
-        [("naive", 1.0), ("ours", 1.0)], [("naive", 0.5)], [("naive", 0.25)]]
+        [("naive", 1.0), ("ours", 1.0)], [("naive", 0.5)], [("naive", 0.25)], [("ours", 0.25)]]
+    assert _rounds(plans, {"ours": lambda r: 1.0, "naive": lambda r: 0.8 if r == 0.5 else 0.3})[-1] == [("ours", 0.5)]
     assert _rounds({"external": SweepPlan((1.0, 2.0), bisect_resolution=0)}, {"external": lambda r: 1.0},
                    first="external") == [[("external", 1.0)], [("external", 2.0)]]
 
@@ -148,9 +157,14 @@ def test_tpot_is_compared_at_the_highest_rate_both_sustain():
     naive = [run(0.1, 0.92, 30.0), run(0.2, 0.95, 20.0), run(0.4, 0.6, 60.0)]
     assert common_sustained_rate(ours, naive) == 0.2 and sustained_rate(ours) == 0.4 and sustained_rate(naive) == 0.2
     assert tpot_p99_comparisons({"ours": ours, "naive": naive}) == {
-        "ours / naive": {"rate": 0.2, "p99_tpot_ms": [12.0, 20.0], "ratio": 0.6}}
-    assert tpot_p99_comparisons({"ours": ours, "x": [run(0.1, 0.5, 9.0)]}) == {"ours / x": None}
+        "ours / naive": {"rate": 0.2, "p99_tpot_ms": [12.0, 20.0], "ratio": 0.6, "both_sustain": True}}
     assert sustained_rate([run(0.1, 0.5, 9.0)]) is None
+    # One that sustains no rate: compared at its best rate, if ours ran it; a sustained one never falls back.
+    none = [run(0.1, 0.5, 9.0), run(0.2, 0.8, 18.0), run(0.4, 0.8, 30.0)]
+    assert tpot_p99_comparisons({"ours": ours, "x": none}) == {
+        "ours / x": {"rate": 0.2, "p99_tpot_ms": [12.0, 18.0], "ratio": 0.667, "both_sustain": False}}
+    assert tpot_p99_comparisons({"ours": ours[2:], "x": none}) == {"ours / x": None}
+    assert tpot_p99_comparisons({"ours": ours[3:], "naive": naive}) == {"ours / naive": None}
 
 
 def test_summary_counts_errors_as_misses():
